@@ -1,0 +1,153 @@
+"""One small storage layer: local paths and ``s3://`` URIs behind the same few functions.
+
+Writes are atomic on both: a local write goes to a temporary file in the same directory and is
+renamed into place; an S3 PUT is atomic by nature. So a stage killed mid-write never leaves a
+half-written artifact that a re-run would mistake for a finished one.
+
+S3 is reached through boto3, which honours ``AWS_ENDPOINT_URL`` (tests point it at a local moto
+server), ``AWS_PROFILE`` and the usual credential chain.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"not an s3 URI with a bucket: {uri!r}")
+    return bucket, key
+
+
+@functools.lru_cache(maxsize=1)
+def _s3_client():
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+def reset_s3_client() -> None:
+    """Forget the cached client (tests change the endpoint between sessions)."""
+    _s3_client.cache_clear()
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except _s3_client().exceptions.NoSuchKey as e:
+            raise FileNotFoundError(uri) from e
+    return Path(uri).read_bytes()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Atomic write (temp file + rename locally; a single PUT on S3)."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        _s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode())
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        if _s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0):
+            return True
+        return False
+    return Path(uri).exists()
+
+
+def list_files(prefix: str) -> list[str]:
+    """Every file under ``prefix`` (recursive), as full URIs / paths, sorted."""
+    if is_s3(prefix):
+        bucket, key = _split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        out: list[str] = []
+        for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            out += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])]
+        return sorted(out)
+    root = Path(prefix)
+    if not root.exists():
+        return []
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def remove(uri: str) -> None:
+    """Remove a file or, recursively, every file under a prefix."""
+    if is_s3(uri):
+        bucket, _ = _split_s3(uri)
+        keys = list_files(uri) or ([uri] if exists(uri) else [])
+        for k in keys:
+            _s3_client().delete_object(Bucket=bucket, Key=_split_s3(k)[1])
+        return
+    import shutil
+
+    p = Path(uri)
+    if p.is_dir():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local directory tree to ``uri`` (local or S3)."""
+    local_dir = Path(local_dir)
+    for p in sorted(local_dir.rglob("*")):
+        if p.is_file():
+            write_bytes(join(uri, str(p.relative_to(local_dir))), p.read_bytes())
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copy every file under ``uri`` into ``local_dir`` (for libraries that want a local path)."""
+    local_dir = Path(local_dir)
+    base = uri.rstrip("/") + "/"
+    for f in list_files(uri):
+        rel = f[len(base):] if f.startswith(base) else Path(f).name
+        dest = local_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(read_bytes(f))
+    return local_dir
+
+
+def local_path(uri: str, cache_root: str | Path | None = None) -> Path:
+    """A local directory holding ``uri``: the path itself, or an S3 prefix downloaded to a cache."""
+    if not is_s3(uri):
+        return Path(uri)
+    bucket, key = _split_s3(uri)
+    root = Path(cache_root or os.environ.get("LEAML_CACHE", Path.home() / ".cache" / "leaml"))
+    dest = root / "s3" / bucket / key
+    if not dest.exists() or not any(dest.iterdir()):
+        download_dir(uri, dest)
+    return dest
