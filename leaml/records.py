@@ -61,6 +61,9 @@ class VQAExample(_Record):
             raise ValueError(f"answer {self.answer!r} is not one of the options {self.options}")
         if len(set(self.options)) != len(self.options):
             raise ValueError(f"options repeat: {self.options}")
+        if any("|" in o or not o.strip() for o in self.options):
+            # the prompt joins options with "|": such an option would not survive parse_qa_target
+            raise ValueError(f"an option is empty or contains '|': {self.options}")
         return self
 
 
@@ -165,7 +168,9 @@ def save_jsonl(uri: str, records: Iterable[BaseModel]) -> int:
 def load_jsonl(uri: str, model: type[R]) -> list[R]:
     """Read JSONL; a bad line is an error naming the file and line number."""
     out: list[R] = []
-    for n, line in enumerate(storage.read_bytes(uri).decode().splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON leaves U+2028, U+0085 etc. unescaped inside strings, and
+    # splitlines() would cut a record there.
+    for n, line in enumerate(storage.read_bytes(uri).decode().split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -66,7 +66,10 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: it creates mode 0600, and the renamed artifact would keep it. O_EXCL with 0666
+    # lets the kernel apply the umask, as for any plain open().
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -81,10 +84,17 @@ def write_text(uri: str, text: str) -> None:
 
 
 def exists(uri: str) -> bool:
+    """True for an existing file, or a directory / S3 prefix holding at least one file."""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        if _s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0):
-            return True
+        # An exact key, or a "directory": a bare prefix match would make "a.json" exist when only
+        # "a.jsonl" does.
+        keys = [key] if not key or key.endswith("/") else [key, key + "/"]
+        for k in keys:
+            resp = _s3_client().list_objects_v2(Bucket=bucket, Prefix=k, MaxKeys=1)
+            first = resp.get("Contents", [{}])[0].get("Key")
+            if first is not None and (k.endswith("/") or not k or first == k):
+                return True
         return False
     return Path(uri).exists()
 
@@ -132,9 +142,10 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
 def download_dir(uri: str, local_dir: str | Path) -> Path:
     """Copy every file under ``uri`` into ``local_dir`` (for libraries that want a local path)."""
     local_dir = Path(local_dir)
-    base = uri.rstrip("/") + "/"
     for f in list_files(uri):
-        rel = f[len(base):] if f.startswith(base) else Path(f).name
+        # Local listings come back normalised by Path ("./x/a" -> "x/a"), so take the relative part
+        # with relative_to rather than by string prefix, which flattened nested trees.
+        rel = f[len(uri.rstrip("/")) + 1:] if is_s3(uri) else str(Path(f).relative_to(Path(uri)))
         dest = local_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(read_bytes(f))
