@@ -1,0 +1,187 @@
+"""Backbone-agnostic batching: (media, prompt[, target]) -> model inputs, generations, option scores.
+
+Everything goes through ``processor.apply_chat_template`` and ``processor(...)``, so the same code
+serves any ``AutoProcessor`` (tiny Qwen2.5-VL / LLaVA, production Qwen2.5-VL).
+
+- ``encode_for_training``: prompt + target + eos, right-padded; ``labels`` are -100 except on the
+  target tokens and the final eos, so the loss is on the answer only.
+- ``generate``: left-padded prompts, decodes only the new tokens; ``<q>``/``<a>`` survive because
+  they are not special tokens.
+- ``score_options``: the mean log-likelihood of each option as the answer, softmaxed over options.
+
+Media: each item is a list of frames. A frame is one ``{"type": "image"}`` placeholder in the user
+turn and one entry of the flat image list, in order, so an image is ``[img]`` and a short video is
+``[f0, f1, ...]`` (several images) with no further change here. A native video path (Qwen's
+``{"type": "video"}`` + ``videos=[frames]``, which merges frame pairs) needs the torchvision video
+processor; it would replace the per-frame placeholders in ``_messages`` and pass ``videos=``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+IGNORE_INDEX = -100
+Media = Sequence[Sequence[Image.Image]]
+
+
+def _messages(n_frames: int, prompt: str) -> list[dict]:
+    content = [{"type": "image"} for _ in range(n_frames)] + [{"type": "text", "text": prompt}]
+    return [{"role": "user", "content": content}]
+
+
+def prompt_texts(processor, media: Media, prompts: Sequence[str]) -> list[str]:
+    """The chat-templated prompt of each example, ending where the answer starts."""
+    if len(media) != len(prompts):
+        raise ValueError(f"{len(media)} media items but {len(prompts)} prompts")
+    controls = _control_tokens(processor.tokenizer)
+    template = processor.apply_chat_template
+    return [
+        template(_messages(len(m), _strip(p, controls)), add_generation_prompt=True, tokenize=False)
+        for m, p in zip(media, prompts)
+    ]
+
+
+def _control_tokens(tok) -> list[str]:
+    return [t.content for t in tok.added_tokens_decoder.values() if t.special]
+
+
+def _strip(text: str, controls: list[str]) -> str:
+    # Prompt text comes from users (REST): a literal "<image>" or "<|im_end|>" in it would add an
+    # image placeholder without an image (a processor error) or forge a turn boundary.
+    for c in controls:
+        text = text.replace(c, "")
+    return text
+
+
+def _process(processor, media: Media, texts: list[str], padding_side: str):
+    images = [frame for item in media for frame in item]
+    return processor(
+        text=texts, images=images or None, padding=True, padding_side=padding_side, return_tensors="pt"
+    )
+
+
+def to_model_inputs(batch: dict, model) -> dict:
+    """Move a batch to the model's device; floating tensors (pixels) take the model's dtype."""
+    dev, dt = model.device, model.dtype
+    return {k: v.to(dev, dt) if v.is_floating_point() else v.to(dev) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def encode_for_training(
+    processor, media: Media, prompts: Sequence[str], targets: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Right-padded prompt + target + eos with loss ``labels`` on the target and eos only."""
+    if len(targets) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    tok = processor.tokenizer
+    answers = [t + tok.eos_token for t in targets]
+    texts = [p + a for p, a in zip(prompt_texts(processor, media, prompts), answers)]
+    batch = dict(_process(processor, media, texts, padding_side="right"))
+    answer_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
+    batch["labels"] = _answer_labels(batch["input_ids"], batch["attention_mask"], answer_ids)
+    return batch
+
+
+def _answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_ids: list[list[int]]):
+    # The answer is the last len(answer) real tokens of each right-padded row. It is tokenized on its
+    # own (not located by tokenizing the prompt) and checked, so a tokenizer that merges across the
+    # prompt/answer boundary is an error here instead of a silently shifted mask.
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for row, ids in enumerate(answer_ids):
+        end = int(attention_mask[row].sum())
+        start = end - len(ids)
+        if input_ids[row, start:end].tolist() != ids:
+            raise ValueError(
+                f"row {row}: the answer does not tokenize the same inside the sequence as alone; "
+                "the chat template should end the prompt on a token boundary"
+            )
+        labels[row, start:end] = input_ids[row, start:end]
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    # Sampling draws from the global RNG of the model's device; fork it so a seeded call is
+    # reproducible without changing the caller's random stream.
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def generate(
+    model,
+    processor,
+    media: Media,
+    prompts: Sequence[str],
+    max_new_tokens: int = 48,
+    do_sample: bool = False,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+) -> list[list[str]]:
+    """``num_return_sequences`` continuations per prompt, new tokens only, special tokens removed."""
+    tok = processor.tokenizer
+    texts = prompt_texts(processor, media, prompts)
+    batch = to_model_inputs(dict(_process(processor, media, texts, padding_side="left")), model)
+    # Greedy decoding gives n identical sequences, and transformers refuses n > 1 without sampling.
+    n_gen = num_return_sequences if do_sample else 1
+    sampling = dict(top_p=top_p, temperature=temperature) if do_sample else {}
+    with _seeded(seed, model.device):
+        out = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n_gen,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling,
+        )
+    texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    groups = [texts[i * n_gen:(i + 1) * n_gen] for i in range(len(prompts))]
+    return [g * (num_return_sequences // n_gen) for g in groups]
+
+
+@torch.no_grad()
+def score_options(
+    model,
+    processor,
+    media: Media,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    batch_size: int = 16,
+) -> list[list[float]]:
+    """Per prompt, a probability per option: softmax over options of the mean token log-likelihood
+    of ``option + eos`` as the answer (eos included, so an option that is a prefix of another is
+    not favoured). ``batch_size`` bounds the (prompt, option) rows per forward pass."""
+    rows = [(m, p, o) for m, p, opts in zip(media, prompts, options, strict=True) for o in opts]
+    means: list[float] = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        batch = encode_for_training(processor, *map(list, zip(*chunk)))
+        labels = batch.pop("labels").to(model.device)
+        logits = model(**to_model_inputs(batch, model)).logits
+        means += _mean_logprob(logits, labels).tolist()
+    out, k = [], 0
+    for opts in options:
+        out.append(torch.softmax(torch.tensor(means[k:k + len(opts)]), dim=0).tolist() if opts else [])
+        k += len(opts)
+    return out
+
+
+def _mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # Position t predicts token t+1.
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
