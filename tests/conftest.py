@@ -41,3 +41,37 @@ def s3_bucket(s3_server, monkeypatch, tmp_path):
     storage._s3_client().create_bucket(Bucket=bucket)
     yield f"s3://{bucket}"
     storage.reset_s3_client()  # the next test must not reuse a client bound to this endpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny synthetic world and an untrained tiny base model, built once per test session.
+
+TINY_WORLD = dict(seed=0, n_general=40, n_endo_train=60, n_endo_test=20, n_teacher_pool=20, labeled_fraction=0.1)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> str:
+    from leaml.data.world import WorldConfig, build_world
+
+    out = str(tmp_path_factory.mktemp("world"))
+    build_world(WorldConfig(**TINY_WORLD), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_world, tmp_path_factory) -> str:
+    """An untrained tiny Qwen2.5-VL whose tokenizer was trained on the tiny world."""
+    from leaml.models.init import init_base_model
+
+    return init_base_model("tiny-qwen2.5-vl", tiny_world, str(tmp_path_factory.mktemp("base") / "model"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    # Tiny models on a 2-core machine: a second intra-op thread costs more in sync than it gives.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
