@@ -88,7 +88,7 @@ def train_loop_per_worker(job_dict: dict) -> dict:
         grad_norm = method.clip_and_step(cfg.grad_clip)
         scheduler.step()
         method.optimizer.zero_grad(set_to_none=True)
-        metrics = {"step": step + 1, "loss": total.item(), "grad_norm": float(grad_norm),
+        metrics = {"step": step + 1, "resumed_from": start, "loss": total.item(), "grad_norm": float(grad_norm),
                    "lr": scheduler.get_last_lr()[0], **{f"loss_{k}": l.item() for k, (_, l) in losses.items()}}
         progress.update(metrics)
         _maybe_inject_failure(step + 1)

@@ -101,7 +101,7 @@ def test_interrupted_run_resumes_at_next_step(tmp_path, tiny_world, tiny_base, m
     assert not (tmp_path / "crash" / "model.safetensors").exists()
     metrics = train_loop_per_worker(crashing.model_dump())  # same job again: picks up step 2's checkpoint
     assert "resumed at step 2" in capsys.readouterr().out
-    assert metrics["step"] == 4
+    assert metrics["step"] == 4 and metrics["resumed_from"] == 2
     a = dict(load_model(str(tmp_path / "straight"))[0].named_parameters())
     b = dict(load_model(str(tmp_path / "crash"))[0].named_parameters())
     assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-5  # same batches, same updates
