@@ -1,0 +1,284 @@
+"""The VQA model on Ray Serve: builder args -> checkpoint -> predictor -> FastAPI ingress deployment.
+
+- :class:`VQAPredictor` (plain class, no Ray): a model + processor behind the
+  :class:`~leaml.serve.vqa_app.Predictor` protocol. ``predict_batch`` answers a list of queries:
+  those with options by ``score_options`` (answer = the highest-scoring option), the others by
+  greedy ``generate``. A batch that fails is retried one query at a time, so one bad query cannot
+  fail its neighbours.
+- :class:`BatchedPredictor`: the same interface with ``@serve.batch`` dynamic batching, so
+  concurrent requests on a replica share forward passes. Built inside the replica (``serve.batch``
+  needs a replica context), from the batch size and wait time in the builder's args.
+- :class:`VQAService` (plain class): loads the predictor and hands Serve the app of
+  :func:`~leaml.serve.vqa_app.create_app` through ``__serve_build_asgi_app__``.
+- :func:`build_app`: the ``import_path`` target of ``serve_configs/vqa.yaml``; validates its
+  ``args`` with :class:`ServeArgs` and applies ``serve.ingress`` / ``serve.deployment`` itself, so
+  this module imports and unit-tests without a cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from leaml.serve.auth import ApiKeySource
+from leaml.serve.vqa_app import ModelCard, Prediction, Query, ServiceLimits, ServiceSettings, create_app
+
+log = logging.getLogger("leaml.serve.vqa")
+DEPLOYMENT_NAME = "VQAService"
+
+
+class BatchingArgs(BaseModel):
+    """Dynamic batching on a replica (``@serve.batch``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Off: one request per forward pass, in arrival order (the baseline of benchmarks/serving.py)."""
+    max_batch_size: int = Field(8, ge=1, le=256)
+    """Most requests per forward pass; keep max_ongoing_requests >= this, or batches never fill."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    """Longest wait for a batch to fill; adds at most this to latency at low load."""
+
+
+class ServeArgs(BaseModel):
+    """``args`` of the ``build_app`` builder (``serve_configs/vqa.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    checkpoint: str = Field(min_length=1)
+    """A saved model: local directory, ``s3://`` prefix, or a hub id where the cluster reaches one."""
+    model_id: str | None = None
+    """Name reported to clients; default: the checkpoint's preset name or its last path component."""
+    checkpoint_version: str | None = None
+    """Version reported to clients; default: a hash of the checkpoint's weights and config files."""
+    device: str = "cpu"
+    """torch device (``cpu``, ``cuda``, ``cuda:1``); with ``cuda`` give the deployment ``num_gpus``."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype; bfloat16 halves GPU memory, float32 is the CPU default."""
+    max_new_tokens: int = Field(16, ge=1, le=512)
+    """Longest generated answer (questions without options); VQA answers are short."""
+    score_rows_per_forward: int = Field(64, ge=1)
+    """(query, option) rows per forward pass when scoring options; bounds activation memory."""
+    warmup: bool = True
+    """Run one dummy query before reporting ready, so the first client does not pay for lazy init."""
+    batching: BatchingArgs = BatchingArgs()
+    """Dynamic batching settings."""
+    limits: ServiceLimits = ServiceLimits()
+    """Request limits (body bytes, pixels, video frames/length, question length, options)."""
+    api_keys: ApiKeySource = ApiKeySource()
+    """API keys source: ``{env: VAR_NAME}`` or ``{file: /path/to/secret}``."""
+    docs: bool = True
+    """Serve ``/docs`` and ``/openapi.json``."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"device must be cpu, cuda, cuda:<n> or mps; got {v!r}")
+        return v
+
+    def service_settings(self) -> ServiceSettings:
+        return ServiceSettings(limits=self.limits, api_keys=self.api_keys, docs=self.docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictor
+
+
+def checkpoint_version(local_dir: Path) -> str:
+    """First 12 hex digits of SHA-256 over the checkpoint's weight and config files (name + bytes)."""
+    files = sorted(p for p in local_dir.glob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".bin"))
+    if not files:
+        return "unversioned"
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+class VQAPredictor:
+    """model + processor -> answers; implements :class:`~leaml.serve.vqa_app.Predictor`."""
+
+    def __init__(self, model, processor, card: ModelCard, max_new_tokens: int = 16, score_rows_per_forward: int = 64):
+        self.model, self.processor, self.card = model, processor, card
+        self.max_new_tokens, self.score_rows_per_forward = max_new_tokens, score_rows_per_forward
+        self._ready = False
+        self._lock: asyncio.Lock | None = None
+
+    @classmethod
+    def load(cls, args: ServeArgs) -> "VQAPredictor":
+        from leaml import storage
+        from leaml.models.builders import INFO_ATTR, load_model
+
+        model, processor = load_model(args.checkpoint, dtype=args.dtype, device=args.device)
+        info = getattr(model, INFO_ATTR, {})
+        local = storage.local_path(args.checkpoint)  # an s3:// prefix is in the cache once loaded
+        version = args.checkpoint_version or (checkpoint_version(local) if local.is_dir() else "unversioned")
+        card = ModelCard(
+            id=args.model_id or info.get("preset") or args.checkpoint.rstrip("/").rsplit("/", 1)[-1],
+            checkpoint_version=version,
+            arch=model.config.model_type,
+            max_batch_size=args.batching.max_batch_size if args.batching.enabled else 1,
+        )
+        predictor = cls(model, processor, card, args.max_new_tokens, args.score_rows_per_forward)
+        if args.warmup:
+            predictor.warmup()
+        predictor._ready = True
+        return predictor
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def warmup(self) -> None:
+        img = Image.new("RGB", (64, 64), (128, 128, 128))
+        self.predict_batch([Query([img], "warm up", ()), Query([img], "warm up", ("a", "b"))])
+
+    def predict_batch(self, queries: list[Query]) -> list[Prediction]:
+        """One ``generate`` for the queries without options, one ``score_options`` for the rest."""
+        from leaml.models.batching import generate, score_options
+        from leaml.prompts import vqa_prompt
+
+        out: list[Prediction | None] = [None] * len(queries)
+        free = [i for i, q in enumerate(queries) if not q.options]
+        mc = [i for i, q in enumerate(queries) if q.options]
+        if free:
+            texts = generate(
+                self.model, self.processor, [queries[i].frames for i in free],
+                [vqa_prompt(queries[i].question, []) for i in free], max_new_tokens=self.max_new_tokens,
+            )
+            for i, t in zip(free, texts):
+                out[i] = Prediction(answer=t[0].strip(), batch_size=len(queries))
+        if mc:
+            probs = score_options(
+                self.model, self.processor, [queries[i].frames for i in mc],
+                [vqa_prompt(queries[i].question, list(queries[i].options)) for i in mc],
+                [list(queries[i].options) for i in mc],
+                batch_size=self.score_rows_per_forward,
+            )
+            for i, p in zip(mc, probs):
+                best = max(range(len(p)), key=p.__getitem__)
+                out[i] = Prediction(answer=queries[i].options[best], scores=[float(x) for x in p],
+                                    batch_size=len(queries))
+        return out  # type: ignore[return-value]
+
+    def predict_many(self, queries: list[Query]) -> list[Prediction | Exception]:
+        """:meth:`predict_batch`, falling back to one query at a time if the batch fails."""
+        try:
+            return self.predict_batch(queries)
+        except Exception as e:  # noqa: BLE001 - isolate the failing query instead of failing all
+            if len(queries) == 1:
+                return [e]
+            log.warning("batch of %d failed (%s); retrying one by one", len(queries), type(e).__name__)
+        results: list[Prediction | Exception] = []
+        for q in queries:
+            try:
+                results.extend(self.predict_batch([q]))
+            except Exception as e:  # noqa: BLE001
+                results.append(e)
+        return results
+
+    async def predict(self, query: Query) -> Prediction:
+        """Unbatched: one query per forward pass, one at a time, off the event loop."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            (result,) = await asyncio.to_thread(self.predict_many, [query])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+class BatchedPredictor:
+    """:class:`VQAPredictor` behind ``@serve.batch``; construct inside a Serve replica."""
+
+    def __init__(self, predictor: VQAPredictor, max_batch_size: int, batch_wait_timeout_s: float):
+        from ray import serve
+
+        self.predictor, self.card = predictor, predictor.card
+
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+        async def vqa_batch(queries: list[Query]) -> list[Prediction | Exception]:
+            # In a worker thread: the replica's event loop keeps accepting (and queueing) requests.
+            return await asyncio.to_thread(predictor.predict_many, queries)
+
+        self._batch = vqa_batch
+
+    def is_ready(self) -> bool:
+        return self.predictor.is_ready()
+
+    async def predict(self, query: Query) -> Prediction:
+        result = await self._batch(query)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Serve deployment
+
+
+def log_through_serve() -> None:
+    """Send ``leaml.serve`` records through the replica's Serve logger (its files, format and
+    request ids); without this they reach a root logger at WARNING and the access log is lost."""
+    serve_logger = logging.getLogger("ray.serve")
+    ours = logging.getLogger("leaml.serve")
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    for handler in serve_logger.handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+
+
+class VQAService:
+    """One replica: the model and its HTTP app. Ray decorators are applied by :func:`build_app`."""
+
+    def __init__(self, args: dict):
+        log_through_serve()
+        self.args = ServeArgs.model_validate(args)
+        self.settings = self.args.service_settings()
+        self.predictor = VQAPredictor.load(self.args)
+
+    def __serve_build_asgi_app__(self):
+        from leaml.serve.metrics import build_metrics
+
+        b = self.args.batching
+        predictor = (
+            BatchedPredictor(self.predictor, b.max_batch_size, b.batch_wait_timeout_s) if b.enabled else self.predictor
+        )
+        return create_app(self.settings, predictor, metrics=build_metrics())
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose model is gone is restarted."""
+        if not self.predictor.is_ready():
+            raise RuntimeError("VQA model not loaded")
+
+
+def vqa_application(args: ServeArgs, **deployment_options):
+    """The Serve application for ``args``; ``deployment_options`` as in ``serve.deployment``
+    (``ray_actor_options``, ``max_ongoing_requests``, ``autoscaling_config``, ...)."""
+    from ray import serve
+
+    options = {"max_ongoing_requests": max(32, 2 * args.batching.max_batch_size), **deployment_options}
+    deployment = serve.deployment(serve.ingress()(VQAService), name=DEPLOYMENT_NAME, **options)
+    return deployment.bind(args.model_dump(mode="json"))
+
+
+def build_app(args: dict):
+    """``import_path`` target: validates ``args`` (a typo'd key is an error naming it) -> Application.
+
+    Deployment resources and autoscaling come from the config's ``deployments:`` section, which
+    Serve applies on top of the defaults set here.
+    """
+    parsed = ServeArgs.model_validate(args)
+    if Path(parsed.checkpoint).exists():  # a relative dir means "from where serve run started"
+        parsed = parsed.model_copy(update={"checkpoint": str(Path(parsed.checkpoint).resolve())})
+    return vqa_application(parsed)
