@@ -1,0 +1,186 @@
+"""Pseudo-QA stage: unlabeled media + QA generator -> pseudo VQA pairs with provenance.
+
+- :class:`QAGenerator` (model side, a Serve deployment via :func:`build_qa_generator_app`): nucleus
+  sampling, ``n`` candidates per item, seeded per item so a re-run writes the same candidates; and
+  option scores for the optional filter.
+- :func:`judge_candidates` (pure): parse ``<q>Q<q><a>A<a>``, validate (the question lists its
+  options, the answer is one of them, the options are the known option set of a template seen in
+  the labeled data when ``known_templates`` is given), dedupe per item, filter. Every candidate is
+  kept in the artifact with ``kept`` and, when dropped, ``reason``.
+- :class:`QARequester`: the Ray Data side (decode media, call the deployment, judge).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from leaml.config import StrictModel
+from leaml.records import MediaRef, QAParseError, VQAExample, format_qa_target, parse_qa_target
+
+APP_NAME = "leaml-qa-generator"
+DEPLOYMENT_NAME = "QAGenerator"
+
+
+class QAGenConfig(StrictModel):
+    model: str = ""
+    """The trained QA generator checkpoint."""
+    n: int = Field(4, ge=1)
+    """Candidates sampled per media item."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(48, ge=1)
+    num_frames: int = Field(8, ge=1)
+    seed: int = 0
+    filter: Literal["none", "consistent", "threshold"] = "consistent"
+    """none: keep every valid pair; consistent: keep a pair only when its answer is the
+    generator's most likely option for its question; threshold: when that option's probability
+    is at least ``min_prob``."""
+    min_prob: float = Field(0.5, ge=0, le=1)
+    num_replicas: int | Literal["auto"] = 1
+    autoscaling: dict = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
+    replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0)
+
+
+def item_seed(seed: int, media_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{media_id}:qagen".encode()).digest()[:4], "big")
+
+
+class QAGenerator:
+    """Media batch -> ``n`` sampled ``<q>Q<q><a>A<a>`` strings per item, and option scores."""
+
+    def __init__(self, cfg: dict):
+        import torch
+
+        from leaml.models.builders import load_model
+
+        self.cfg = QAGenConfig.model_validate(cfg)
+        torch.set_num_threads(max(1, int(self.cfg.replica_cpus)))
+        self.model, self.processor = load_model(self.cfg.model)
+
+    def sample(self, media: list[list], media_ids: list[str]) -> list[list[str]]:
+        from leaml.models.batching import generate
+        from leaml.prompts import qagen_prompt
+
+        out = []
+        for frames, mid in zip(media, media_ids):  # per-item seed: same candidates on a re-run
+            out += generate(self.model, self.processor, [frames], [qagen_prompt()], do_sample=True,
+                            top_p=self.cfg.top_p, temperature=self.cfg.temperature, num_return_sequences=self.cfg.n,
+                            max_new_tokens=self.cfg.max_new_tokens, seed=item_seed(self.cfg.seed, mid))
+        return out
+
+    def option_probs(self, media: list[list], questions: list[str], options: list[list[str]]) -> list[list[float]]:
+        """P(option | media, question) under the generator, over full ``<q>..<a>o<a>`` targets."""
+        from leaml.models.batching import score_options
+        from leaml.prompts import qagen_prompt
+
+        targets = [[format_qa_target(q, opts, o) for o in opts] for q, opts in zip(questions, options)]
+        return score_options(self.model, self.processor, media, [qagen_prompt()] * len(media), targets)
+
+
+def judge_candidates(media: MediaRef, texts: list[str], known_templates: dict[str, list[str]] | None = None,
+                     source_model: str = "") -> list[dict]:
+    """Parse, validate and dedupe one item's candidates -> one provenance row per candidate."""
+    rows, seen = [], set()
+    for k, text in enumerate(texts):
+        row = {"media_id": media.id, "sample": k, "text": text, "kept": False, "reason": "", "example": None}
+        try:
+            qa = parse_qa_target(text)
+        except QAParseError as e:
+            rows.append(row | {"reason": f"unparsable: {e}"})
+            continue
+        key = (qa.question.lower(), qa.answer.lower())
+        if known_templates is not None and known_templates.get(qa.question) != qa.options:
+            row["reason"] = "unknown question or option set"
+        elif key in seen:
+            row["reason"] = "duplicate"
+        else:
+            seen.add(key)
+            ex = VQAExample(id=f"pseudo/{media.id}/{k}", media=media, question=qa.question, options=qa.options,
+                            answer=qa.answer, category="pseudo", source="pseudo", split="train",
+                            meta={"sample": k, "generator": source_model})
+            row |= {"kept": True, "example": ex.model_dump()}
+        rows.append(row)
+    return rows
+
+
+def apply_filter(rows: list[dict], probs: list[list[float]], cfg: QAGenConfig) -> None:
+    """Drop kept rows the filter rejects; records the scores either way. ``probs`` aligns with kept rows."""
+    kept = [r for r in rows if r["kept"]]
+    for row, p in zip(kept, probs, strict=True):
+        ex = row["example"]
+        best = int(np.argmax(p))
+        p_answer = p[ex["options"].index(ex["answer"])]
+        row["scores"] = {"p_answer": round(float(p_answer), 4), "argmax": ex["options"][best]}
+        if cfg.filter == "consistent" and ex["options"][best] != ex["answer"]:
+            row |= {"kept": False, "reason": f"filter: generator prefers {ex['options'][best]!r}"}
+        elif cfg.filter == "threshold" and p_answer < cfg.min_prob:
+            row |= {"kept": False, "reason": f"filter: p(answer)={p_answer:.2f} < {cfg.min_prob}"}
+
+
+def build_qa_generator_app(args: dict):
+    """Serve builder (``import_path: leaml.pipeline.qa_generator:build_qa_generator_app``)."""
+    from ray import serve
+
+    cfg = QAGenConfig.model_validate(args)
+    opts: dict = {"ray_actor_options": {"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
+                  "max_ongoing_requests": 4}
+    if cfg.num_replicas == "auto":
+        opts["autoscaling_config"] = cfg.autoscaling
+    else:
+        opts["num_replicas"] = cfg.num_replicas
+    return serve.deployment(QAGenerator, name=DEPLOYMENT_NAME, **opts).bind(cfg.model_dump())
+
+
+class QARequester:
+    """Ray Data UDF: media rows -> judged candidate rows (JSON) or an error per unreadable item."""
+
+    def __init__(self, target: dict, cfg: dict, known_templates: dict[str, list[str]] | None = None):
+        self.cfg = QAGenConfig.model_validate(cfg)
+        self.known = known_templates
+        if "serve" in target:
+            from ray import serve
+
+            self.handle = serve.get_deployment_handle(target["serve"]["deployment"], app_name=target["serve"]["app"])
+            self.local = None
+        else:
+            self.handle, self.local = None, QAGenerator(cfg)
+
+    def _call(self, method: str, *args):
+        if self.local is not None:
+            return getattr(self.local, method)(*args)
+        return getattr(self.handle, method).remote(*args).result()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from leaml.media import load_media
+
+        n = len(batch["item_id"])
+        records, errors = [""] * n, [""] * n
+        refs, media, ok = [], [], []
+        for i in range(n):
+            ref = MediaRef(id=str(batch["item_id"][i]), uri=str(batch["uri"][i]), kind=str(batch["kind"][i]))
+            try:
+                media.append(load_media(ref, num_frames=self.cfg.num_frames, root=str(batch["media_root"][i]) or None))
+                refs.append(ref)
+                ok.append(i)
+            except Exception as e:  # noqa: BLE001 - unreadable media go to the errors file
+                errors[i] = f"{type(e).__name__}: {e}"
+        if ok:
+            texts = self._call("sample", media, [r.id for r in refs])
+            for i, ref, frames, cands in zip(ok, refs, media, texts):
+                rows = judge_candidates(ref, cands, self.known, self.cfg.model)
+                self._filter(rows, frames)
+                records[i] = json.dumps(rows)
+        return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
+
+    def _filter(self, rows: list[dict], frames: list) -> None:
+        kept = [r["example"] for r in rows if r["kept"]]
+        if self.cfg.filter == "none" or not kept:
+            return
+        probs = self._call("option_probs", [frames] * len(kept), [e["question"] for e in kept],
+                           [e["options"] for e in kept])
+        apply_filter(rows, probs, self.cfg)
