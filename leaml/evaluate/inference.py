@@ -82,7 +82,7 @@ def run_inference(examples: list[VQAExample], model_uri: str, media_root: str,
 def _run_local(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceConfig, desc: str) -> list[str]:
     from tqdm.auto import tqdm
 
-    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames)
+    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, max(1, int(cfg.actor_cpus)))
     out: list[str] = []
     for start in tqdm(range(0, len(rows), cfg.batch_size), desc=desc, unit="batch"):
         chunk = rows[start:start + cfg.batch_size]

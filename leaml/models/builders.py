@@ -248,8 +248,8 @@ class Preset:
 _TINY_STUDENT = dict(
     hidden_size=128, layers=4, heads=4, intermediate_size=256, vision_hidden=64, vision_layers=2
 )
-_TINY_TEACHER = dict(  # 2x width and layers: a "larger model" for captions, still seconds on CPU
-    hidden_size=256, layers=8, heads=8, intermediate_size=512, vision_hidden=96, vision_layers=2
+_TINY_TEACHER = dict(  # 1.5x width and layers (~2.5x the weights): larger, yet pretrainable in minutes on 2 cores
+    hidden_size=192, layers=6, heads=6, intermediate_size=384, vision_hidden=96, vision_layers=2
 )
 PRESETS: dict[str, Preset] = {
     "qwen2.5-vl-3b": Preset("student", hub_id="Qwen/Qwen2.5-VL-3B-Instruct"),

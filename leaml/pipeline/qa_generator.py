@@ -63,15 +63,14 @@ class QAGenerator:
         self.model, self.processor = load_model(self.cfg.model)
 
     def sample(self, media: list[list], media_ids: list[str]) -> list[list[str]]:
+        """``n`` candidates per item, all items in one generate call. Seeded by the batch's item ids:
+        the same batch gives the same candidates (batched sampling cannot seed each row alone)."""
         from leaml.models.batching import generate
         from leaml.prompts import qagen_prompt
 
-        out = []
-        for frames, mid in zip(media, media_ids):  # per-item seed: same candidates on a re-run
-            out += generate(self.model, self.processor, [frames], [qagen_prompt()], do_sample=True,
-                            top_p=self.cfg.top_p, temperature=self.cfg.temperature, num_return_sequences=self.cfg.n,
-                            max_new_tokens=self.cfg.max_new_tokens, seed=item_seed(self.cfg.seed, mid))
-        return out
+        return generate(self.model, self.processor, media, [qagen_prompt()] * len(media), do_sample=True,
+                        top_p=self.cfg.top_p, temperature=self.cfg.temperature, num_return_sequences=self.cfg.n,
+                        max_new_tokens=self.cfg.max_new_tokens, seed=item_seed(self.cfg.seed, "|".join(media_ids)))
 
     def option_probs(self, media: list[list], questions: list[str], options: list[list[str]]) -> list[list[float]]:
         """P(option | media, question) under the generator, over full ``<q>..<a>o<a>`` targets."""

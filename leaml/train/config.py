@@ -44,6 +44,9 @@ class ScalingSettings(StrictModel):
     """Keep <= 1 on a 2-core machine so the trainer's own actor still fits."""
     max_failures: int = Field(1, ge=0)
     """Worker failures tolerated (restart from the latest checkpoint)."""
+    torch_threads: int | None = Field(None, ge=1)
+    """CPU intra-op threads per worker; None = floor(cpus_per_worker), at least 1. Tiny models on
+    a small shared machine lose far more to thread oversubscription than they gain."""
 
 
 class TrainConfig(StrictModel):

@@ -68,6 +68,8 @@ def train_loop_per_worker(job_dict: dict) -> dict:
 
     job = TrainJob.model_validate(job_dict)
     cfg, ctx = job.train, _context()
+    if not cfg.scaling.use_gpu:
+        torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
     model, processor = load_model(job.init_model)
     method = setup_method(model, cfg, job.masks)
