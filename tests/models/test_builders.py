@@ -113,9 +113,9 @@ def test_tiny_sizes(tok):
     head_dim = text.hidden_size // text.num_attention_heads
     assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
     big = teacher.config.text_config
-    assert (big.hidden_size, big.num_hidden_layers) == (256, 8)
+    assert (big.hidden_size, big.num_hidden_layers) == (192, 6)
     assert 0.5e6 < _n_params(student) < 1.5e6 and 0.5e6 < _n_params(llava) < 1.5e6
-    assert _n_params(teacher) > 4 * _n_params(student)
+    assert _n_params(teacher) > 2.5 * _n_params(student)
     assert student.config.tie_word_embeddings and text.vocab_size == len(tok)
 
 
