@@ -57,7 +57,10 @@ def pretrain_data(data_dir: str, role: Role) -> list[DataSpec]:
         DataSpec(kind="vqa", uri=storage.join(data_dir, "general/qa.jsonl"), media_root=data_dir),
         DataSpec(kind="qa", uri=storage.join(data_dir, "general/qa.jsonl"), media_root=data_dir, weight=0.5),
     ]
-    if role == "teacher":  # the teacher's "web knowledge" of the domain: noisy captions, no QA
+    if role == "teacher":
+        # The teacher's "web knowledge" of the domain (noisy captions, no QA) is what makes its
+        # captions worth distilling, so it gets a batch every step and the general tasks every other.
+        general = [g.model_copy(update={"every": 2}) for g in general]
         general.append(DataSpec(kind="caption", uri=storage.join(data_dir, "teacher_corpus.jsonl"),
                                 media_root=data_dir))
     return general

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from leaml.config import StrictModel
 from leaml.data.world import WorldConfig
@@ -64,3 +64,12 @@ class PipelineConfig(StrictModel):
     eval_limit: int | None = Field(None, ge=1)
     """Evaluate only the first N test questions (quick profiles)."""
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _local_means_local(self) -> "PipelineConfig":
+        # engine=local is "no Ray anywhere": the streaming and evaluation stages follow it.
+        # (written through __dict__: assignment would re-run this validator)
+        if self.engine == "local":
+            self.__dict__["stream"] = self.stream.model_copy(update={"engine": "local"})
+            self.__dict__["evaluation"] = self.evaluation.model_copy(update={"engine": "local"})
+        return self

@@ -83,25 +83,38 @@ class QAGenerator:
 
 def judge_candidates(media: MediaRef, texts: list[str], known_templates: dict[str, list[str]] | None = None,
                      source_model: str = "") -> list[dict]:
-    """Parse, validate and dedupe one item's candidates -> one provenance row per candidate."""
+    """Parse, validate and dedupe one item's candidates -> one provenance row per candidate.
+
+    With ``known_templates`` (question -> option set of the labeled data), a question must be a
+    known one; its option list is then taken from the labeled data (a generator that garbles a
+    long option list but asks a known question with a valid answer still yields a usable pair;
+    ``meta.options_repaired`` records it) and the answer must be one of those options.
+    """
     rows, seen = [], set()
     for k, text in enumerate(texts):
         row = {"media_id": media.id, "sample": k, "text": text, "kept": False, "reason": "", "example": None}
         try:
-            qa = parse_qa_target(text)
+            qa = parse_qa_target(text, require_options=known_templates is None)
         except QAParseError as e:
             rows.append(row | {"reason": f"unparsable: {e}"})
             continue
+        options, repaired = qa.options, False
+        if known_templates is not None:
+            known = known_templates.get(qa.question)
+            if known is None:
+                rows.append(row | {"reason": "unknown question"})
+                continue
+            options, repaired = known, qa.options != known
         key = (qa.question.lower(), qa.answer.lower())
-        if known_templates is not None and known_templates.get(qa.question) != qa.options:
-            row["reason"] = "unknown question or option set"
+        if qa.answer not in options:
+            row["reason"] = f"answer {qa.answer!r} is not one of the options"
         elif key in seen:
             row["reason"] = "duplicate"
         else:
             seen.add(key)
-            ex = VQAExample(id=f"pseudo/{media.id}/{k}", media=media, question=qa.question, options=qa.options,
+            ex = VQAExample(id=f"pseudo/{media.id}/{k}", media=media, question=qa.question, options=options,
                             answer=qa.answer, category="pseudo", source="pseudo", split="train",
-                            meta={"sample": k, "generator": source_model})
+                            meta={"sample": k, "generator": source_model, "options_repaired": repaired})
             row |= {"kept": True, "example": ex.model_dump()}
         rows.append(row)
     return rows

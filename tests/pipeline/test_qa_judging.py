@@ -19,24 +19,31 @@ def test_garbage_and_valid_candidates():
         "the image shows a polyp",                               # no tags
         "<q>Is there text?<q>",                                  # no answer
         "<q>Is there text? Choose one of the following options: no|yes|<q><a>maybe<a>",  # answer not an option
-        "<q>Is there text?<q><a>yes<a>",                         # no options listed
+        "<q>Is there text?<q><a>yes<a>",                         # options not listed: known question, repaired
         good(),                                                  # duplicate
         format_qa_target("Is the sky blue?", ["no", "yes"], "no"),  # a question never seen in D_l
-        format_qa_target("How many polyps are in the image?", ["0", "1"], "1"),  # wrong option set
+        format_qa_target("How many polyps are in the image?", ["0", "1"], "1"),  # garbled option set: repaired
         good("How many polyps are in the image?", "2"),
     ]
     rows = judge_candidates(MEDIA, texts, KNOWN, "gen")
-    assert [r["kept"] for r in rows] == [True, False, False, False, False, False, False, False, False, True]
+    assert [r["kept"] for r in rows] == [True, False, False, False, False, False, False, False, True, True]
     reasons = [r["reason"] for r in rows]
     assert reasons[1].startswith("unparsable: no <q>") and reasons[2].startswith("unparsable: no <q>")
     assert reasons[3].startswith("unparsable:")
     assert "not one of the options" in reasons[4]
-    assert "no options" in reasons[5]
-    assert reasons[6] == "duplicate"
-    assert reasons[7] == reasons[8] == "unknown question or option set"
+    assert reasons[5] == reasons[6] == "duplicate"  # repaired to the same pair as candidate 0
+    assert reasons[7] == "unknown question"
+    repaired = VQAExample.model_validate(rows[8]["example"])
+    assert repaired.options == KNOWN["How many polyps are in the image?"] and repaired.meta["options_repaired"]
     ex = VQAExample.model_validate(rows[9]["example"])
     assert (ex.question, ex.answer, ex.source, ex.media.id) == ("How many polyps are in the image?", "2", "pseudo", "endo-1")
+    assert not ex.meta["options_repaired"]
     assert [r["sample"] for r in rows] == list(range(10))
+
+
+def test_without_known_templates_options_are_required():
+    rows = judge_candidates(MEDIA, ["<q>Is there text?<q><a>yes<a>"], None)
+    assert not rows[0]["kept"] and "no options" in rows[0]["reason"]
 
 
 def test_without_known_templates_any_valid_pair_is_kept():
