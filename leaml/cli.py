@@ -28,7 +28,12 @@ def cmd_data_synth(args) -> None:
     t0 = time.perf_counter()
     summary = build_world(cfg, args.out)
     print(f"world written to {args.out} in {time.perf_counter() - t0:.1f}s")
-    print(summary if isinstance(summary, str) else getattr(summary, "describe", lambda: summary)())
+    for name, n in summary.sizes.items():
+        print(f"  {name:<20}{n:>8}")
+    prior = summary.prior_only
+    cats = ", ".join(f"{c} {100 * a:.1f}" for c, a in prior["per_category"].items())
+    print(f"prior-only accuracy on the test split (most common train answer per question): "
+          f"{100 * prior['mean_of_categories']:.1f}% mean of categories ({cats})")
 
 
 def cmd_model_init(args) -> None:

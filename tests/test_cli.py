@@ -1,0 +1,24 @@
+"""The command line end to end at tiny sizes: synth a world, init a model, evaluate it."""
+from __future__ import annotations
+
+import json
+
+from leaml.cli import main
+
+
+def test_synth_init_evaluate_write_a_report(tmp_path, capsys):
+    world, model, out = tmp_path / "world", tmp_path / "model", tmp_path / "eval"
+    assert main(["data", "synth", "--out", str(world), "n_general=20", "n_endo_train=30", "n_endo_test=10",
+                 "n_teacher_pool=5"]) == 0
+    assert "prior-only accuracy" in capsys.readouterr().out
+    assert main(["model", "init", "--preset", "tiny-qwen2.5-vl", "--data", str(world), "--out", str(model)]) == 0
+    assert main(["evaluate", f"data_dir={world}", f"out_dir={out}", f"models=[{{name: base, uri: {model}}}]",
+                 "inference.engine=local", "limit=12"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["rows"][0]["method"] == "base" and doc["rows"][0]["scores"]["n"] == 12
+    assert (out / "report.png").stat().st_size > 5000 and "| base |" in (out / "report.md").read_text()
+
+
+def test_config_typo_exits_2_naming_the_key(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path), "n_endo_trian=3"]) == 2
+    assert "n_endo_trian: unknown key" in capsys.readouterr().err
