@@ -153,12 +153,46 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
 
 
 def local_path(uri: str, cache_root: str | Path | None = None) -> Path:
-    """A local directory holding ``uri``: the path itself, or an S3 prefix downloaded to a cache."""
+    """A local directory holding ``uri``: the path itself, or an S3 prefix downloaded to a cache.
+
+    A cached copy is reused only if its completion stamp lists the same (key, ETag) pairs as the
+    prefix has now, so a download killed half-way, or a checkpoint rewritten at the same URI, is
+    fetched again. The download goes to a private temporary directory renamed into place, so
+    several workers loading the same checkpoint never see each other's partial copies.
+    """
     if not is_s3(uri):
         return Path(uri)
+    import json
+    import shutil
+    import uuid
+
     bucket, key = _split_s3(uri)
     root = Path(cache_root or os.environ.get("LEAML_CACHE", Path.home() / ".cache" / "leaml"))
     dest = root / "s3" / bucket / key
-    if not dest.exists() or not any(dest.iterdir()):
-        download_dir(uri, dest)
+    stamp_name = ".leaml-download-complete"
+    listing = _listing(uri)
+    stamp = dest / stamp_name
+    if stamp.exists() and json.loads(stamp.read_text()) == listing:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
+    download_dir(uri, tmp)
+    (tmp / stamp_name).write_text(json.dumps(listing))
+    old = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.old"
+    try:
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+    except OSError:  # another loader put a complete copy in place first
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def _listing(uri: str) -> list[list[str]]:
+    bucket, key = _split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    out = []
+    for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out += [[o["Key"], o.get("ETag", "")] for o in page.get("Contents", [])]
+    return sorted(out)

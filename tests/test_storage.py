@@ -150,4 +150,4 @@ def test_join():
 
 def _tree(root: Path) -> dict[str, bytes]:
     root = Path(root)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}  # dot-files: cache stamps

@@ -79,6 +79,8 @@ class TrainConfig(StrictModel):
     """Steps between progress reports (ray.train.report costs ~1.5 s: not every step)."""
     checkpoint_every: int = Field(0, ge=0)
     """Steps between resumable checkpoints (0 = only at the end)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: autocast the forward to bfloat16 (GPUs); weights, grads and AdamW state stay fp32."""
     seed: int = 0
     num_frames: int = Field(8, ge=1)
     """Frames per video item."""

@@ -71,20 +71,21 @@ def train_loop_per_worker(job_dict: dict) -> dict:
     if not cfg.scaling.use_gpu:
         torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
-    model, processor = load_model(job.init_model)
+    device = _device(cfg, ctx)
+    model, processor = load_model(job.init_model, device=str(device))
     method = setup_method(model, cfg, job.masks)
     method.processor = processor
     train_model = _wrap_ddp(method.model, ctx)
     scheduler = torch.optim.lr_scheduler.LambdaLR(method.optimizer, _cosine_with_warmup(cfg))
     streams = [BatchStream(load_items(s), cfg.batch_size, cfg.seed + i, ctx.rank, ctx.world_size)
                for i, s in enumerate(job.data)]
-    start = _resume(job, ctx, method, scheduler)
-    batcher = MediaBatcher(processor, cfg.num_frames)
+    start, metrics = _resume(job, ctx, method, scheduler)
+    batcher = MediaBatcher(processor, cfg.num_frames, device)
     progress = _Progress(cfg, ctx, start)
-    metrics: dict = {}
     for step in range(start, cfg.max_steps):
         train_model.train()
-        losses = _step_losses(train_model, batcher, job.data, streams, step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            losses = _step_losses(train_model, batcher, job.data, streams, step)
         total = sum(w * l for w, l in losses.values())
         total.backward()
         grad_norm = method.clip_and_step(cfg.grad_clip)
@@ -101,6 +102,16 @@ def train_loop_per_worker(job_dict: dict) -> dict:
         storage.write_text(storage.join(job.out_dir, "train_metrics.json"), json.dumps(metrics, indent=2))
     progress.close()
     return metrics
+
+
+def _device(cfg: TrainConfig, ctx: WorkerContext) -> torch.device:
+    if not cfg.scaling.use_gpu:
+        return torch.device("cpu")
+    if ctx.under_ray:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cuda")
 
 
 def _maybe_inject_failure(step: int) -> None:
@@ -143,15 +154,16 @@ def _wrap_ddp(model: torch.nn.Module, ctx: WorkerContext) -> torch.nn.Module:
 class MediaBatcher:
     """TrainItems -> model inputs with labels masked to the target tokens (media decoded once)."""
 
-    def __init__(self, processor, num_frames: int):
-        self.processor, self.num_frames = processor, num_frames
+    def __init__(self, processor, num_frames: int, device: torch.device | str = "cpu"):
+        self.processor, self.num_frames, self.device = processor, num_frames, torch.device(device)
         self._media: dict[tuple[str, str], list] = {}
 
     def __call__(self, items: list[TrainItem]) -> dict[str, torch.Tensor]:
         from leaml.models.batching import encode_for_training
 
         media = [self._frames(it) for it in items]
-        return encode_for_training(self.processor, media, [it.prompt for it in items], [it.target for it in items])
+        inputs = encode_for_training(self.processor, media, [it.prompt for it in items], [it.target for it in items])
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
 
     def _frames(self, item: TrainItem) -> list:
         from leaml.media import load_media
@@ -214,14 +226,14 @@ class _Progress:
 # at the start and loads the trainable state into it, whatever the method.
 
 
-def _save_state(dirpath: Path, method, scheduler, step: int) -> None:
+def _save_state(dirpath: Path, method, scheduler, metrics: dict) -> None:
     trainable = {n: p.detach().cpu() for n, p in method.model.named_parameters() if p.requires_grad}
-    torch.save({"step": step, "trainable": trainable, "optimizer": method.optimizer.state_dict(),
-                "scheduler": scheduler.state_dict()}, dirpath / STATE_FILE)
+    torch.save({"step": metrics["step"], "metrics": metrics, "trainable": trainable,
+                "optimizer": method.optimizer.state_dict(), "scheduler": scheduler.state_dict()}, dirpath / STATE_FILE)
     method.export(str(dirpath / "hf_model"), method.processor)  # usable as is, e.g. to evaluate mid-run
 
 
-def _load_state(dirpath: Path, method, scheduler) -> int:
+def _load_state(dirpath: Path, method, scheduler) -> tuple[int, dict]:
     state = torch.load(dirpath / STATE_FILE, map_location="cpu", weights_only=False)
     params = dict(method.model.named_parameters())
     with torch.no_grad():
@@ -229,32 +241,33 @@ def _load_state(dirpath: Path, method, scheduler) -> int:
             params[name].copy_(value)
     method.optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return int(state["step"]), state.get("metrics", {})
 
 
 def _local_ckpt_root(job: TrainJob) -> str:
     return job.local_checkpoint_dir or (job.out_dir.rstrip("/") + ".ckpt")
 
 
-def _resume(job: TrainJob, ctx: WorkerContext, method, scheduler) -> int:
+def _resume(job: TrainJob, ctx: WorkerContext, method, scheduler) -> tuple[int, dict]:
+    """(step to start at, metrics of that step) from the latest checkpoint; (0, {}) when none."""
     if ctx.under_ray:
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
-            return 0
+            return 0, {}
         with ckpt.as_directory() as d:
-            step = _load_state(Path(d), method, scheduler)
+            step, metrics = _load_state(Path(d), method, scheduler)
     else:
         done = sorted(f for f in storage.list_files(_local_ckpt_root(job)) if f.endswith(STATE_FILE))
         if not done:
-            return 0
+            return 0, {}
         with tempfile.TemporaryDirectory() as d:
             storage.write_bytes(str(Path(d) / STATE_FILE), storage.read_bytes(done[-1]))
-            step = _load_state(Path(d), method, scheduler)
+            step, metrics = _load_state(Path(d), method, scheduler)
     if ctx.rank == 0:
         print(f"[train] resumed at step {step}", flush=True)
-    return step
+    return step, metrics
 
 
 def _report(job: TrainJob, ctx: WorkerContext, method, scheduler, metrics: dict, with_checkpoint: bool) -> None:
@@ -262,7 +275,7 @@ def _report(job: TrainJob, ctx: WorkerContext, method, scheduler, metrics: dict,
     if not ctx.under_ray:
         if with_checkpoint:
             with tempfile.TemporaryDirectory() as d:
-                _save_state(Path(d), method, scheduler, step)
+                _save_state(Path(d), method, scheduler, metrics)
                 storage.upload_dir(d, storage.join(_local_ckpt_root(job), f"step-{step:07d}"))
         return
     import ray.train
@@ -273,6 +286,6 @@ def _report(job: TrainJob, ctx: WorkerContext, method, scheduler, metrics: dict,
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if ctx.rank == 0:  # masks and weights are identical on every rank: one copy is enough
-            _save_state(Path(d), method, scheduler, step)
+            _save_state(Path(d), method, scheduler, metrics)
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=checkpoint)

@@ -99,11 +99,10 @@ def test_demo_pipeline_on_s3_resumes_after_lost_outputs(s3_bucket, tmp_path, mon
     assert modified >= report_before[1] and (etag, modified) != report_before, "the report was not rewritten"
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: storage.local_path reuses any non-empty cache directory")
 def test_a_killed_checkpoint_download_is_not_taken_for_a_complete_one(s3_bucket, tmp_path, monkeypatch):
     """``storage.local_path`` caches an ``s3://`` prefix on local disk and reuses any non-empty
-    directory, so a pod killed mid-download (the cache on a surviving emptyDir) later loads a
-    partial checkpoint. Remove the xfail marker with the fix (it then passes; strict = XPASS fails)."""
+    directory only when its completion stamp matches the prefix's listing, so a pod killed
+    mid-download (the cache on a surviving emptyDir) does not later load a partial checkpoint."""
     monkeypatch.setenv("LEAML_CACHE", str(tmp_path))
     uri = f"{s3_bucket}/runs/r/vqa/full"
     storage.write_text(f"{uri}/config.json", "{}")
