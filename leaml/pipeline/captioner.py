@@ -98,7 +98,8 @@ class _VLLMCaptioner:
         return [o.outputs[0].text.strip() for o in self.llm.generate(reqs, self.params)]
 
 
-def deployment_options(cfg: CaptionerConfig) -> dict:
+def deployment_options(cfg: "CaptionerConfig | StrictModel") -> dict:
+    """Serve options from a config's replica settings (num_replicas or autoscaling, CPUs, GPUs)."""
     opts: dict = {"ray_actor_options": {"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
                   "max_ongoing_requests": 4}
     if cfg.num_replicas == "auto":

@@ -138,13 +138,10 @@ def build_qa_generator_app(args: dict):
     """Serve builder (``import_path: leaml.pipeline.qa_generator:build_qa_generator_app``)."""
     from ray import serve
 
+    from leaml.pipeline.captioner import deployment_options
+
     cfg = QAGenConfig.model_validate(args)
-    opts: dict = {"ray_actor_options": {"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
-                  "max_ongoing_requests": 4}
-    if cfg.num_replicas == "auto":
-        opts["autoscaling_config"] = cfg.autoscaling
-    else:
-        opts["num_replicas"] = cfg.num_replicas
+    opts = deployment_options(cfg)
     return serve.deployment(QAGenerator, name=DEPLOYMENT_NAME, **opts).bind(cfg.model_dump())
 
 
