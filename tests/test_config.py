@@ -64,3 +64,17 @@ def test_dump_round_trips(tmp_path):
     cfg = load_config(Run, overrides=["train.lr=0.25"])
     again = load_config(Run, write(tmp_path, dump_config(cfg)))
     assert again == cfg
+
+
+def test_pipeline_paths_are_absolute_so_ray_workers_find_them(tmp_path, monkeypatch):
+    # Ray Train workers run in another working directory: a relative run dir broke `make demo`.
+    import os
+
+    from leaml.pipeline.config import PipelineConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = PipelineConfig(run_dir="runs/demo", data_dir="data", cache_dir="s3://bucket/cache")
+    assert cfg.run_dir == os.path.join(str(tmp_path), "runs/demo")
+    assert cfg.data_dir == os.path.join(str(tmp_path), "data")
+    assert cfg.cache_dir == "s3://bucket/cache"
+    assert PipelineConfig(run_dir="s3://bucket/run").run_dir == "s3://bucket/run"

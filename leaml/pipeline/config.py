@@ -1,10 +1,12 @@
 """The run config of the whole LEAML graph (one YAML file: ``configs/*.yaml``)."""
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from leaml import storage
 from leaml.config import StrictModel
 from leaml.data.world import WorldConfig
 from leaml.evaluate.inference import InferenceConfig
@@ -64,6 +66,16 @@ class PipelineConfig(StrictModel):
     eval_limit: int | None = Field(None, ge=1)
     """Evaluate only the first N test questions (quick profiles)."""
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _absolute_local_paths(self) -> "PipelineConfig":
+        # Ray Train workers and Ray Data actors do not run in the driver's working directory, so a
+        # relative "runs/demo" would name another place there: resolve local paths once, here.
+        for key in ("run_dir", "data_dir", "cache_dir"):
+            value = getattr(self, key)
+            if value and not storage.is_s3(value) and not os.path.isabs(value):
+                self.__dict__[key] = os.path.abspath(value)
+        return self
 
     @model_validator(mode="after")
     def _local_means_local(self) -> "PipelineConfig":
