@@ -53,6 +53,9 @@ class WorldConfig(StrictModel):
     """Endo images, disjoint from train/test, captioned noisily for the teacher's pretraining."""
     labeled_fraction: float = Field(0.01, gt=0.0, le=1.0)
     """Fraction of train QA pairs (not images) that keep their labels, as in the paper."""
+    labeled_seed: int | None = None
+    """Seed of the labeled pick alone (default: ``seed``): re-draws the 1% without changing a pixel,
+    so a multi-seed table varies the labels while the images and the base models stay the same."""
     questions_per_image: tuple[int, int] = (5, 6)
     """Inclusive range of questions asked per endo image, drawn from the templates that apply."""
     caption_mention_p: float = Field(0.7, ge=0.0, le=1.0)
@@ -93,7 +96,7 @@ def build_world(cfg: WorldConfig, out: str, workers: int | None = None) -> World
     test = _run_items(out, _endo_job, [(cfg, "test", i) for i in range(cfg.n_endo_test)], workers, "endo test")
     options = options_by_template((ex.template, ex.answer) for ex in [*train, *test])
     train, test = with_options(train, options), with_options(test, options)
-    labeled = select_labeled(train, cfg.labeled_fraction, cfg.seed)
+    labeled = select_labeled(train, cfg.labeled_fraction, cfg.seed if cfg.labeled_seed is None else cfg.labeled_seed)
     unlabeled = unlabeled_media(train, labeled)
     teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(cfg.n_teacher_pool)], workers, "teacher pool")
     general = _run_items(out, _general_job, [(cfg, i) for i in range(cfg.n_general)], workers, "general")

@@ -69,7 +69,9 @@ def pretrain_data(data_dir: str, role: Role) -> list[DataSpec]:
 def cache_key(data_dir: str, role: Role, src: BaseModelSource) -> str:
     # The whole world.json (config, sizes, prior accuracy, option sets) fingerprints the data: a
     # change to the generator's code that changes the data changes the key too.
-    world = storage.read_text(storage.join(data_dir, "world.json"))
+    # The labeled pick is not an input of pretraining: seeds that only re-draw it share base models.
+    world = json.loads(storage.read_text(storage.join(data_dir, "world.json")))
+    world.get("config", {}).pop("labeled_seed", None)
     blob = json.dumps({"world": world, "role": role, "preset": src.preset,
                        "pretrain": src.pretrain.model_dump(), "v": 1}, sort_keys=True)
     return f"{src.preset}-{role}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

@@ -49,6 +49,19 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(world, tmp_pat
     assert again["media/endo-train-00000.png"] != changed["media/endo-train-00000.png"]
 
 
+def test_labeled_seed_redraws_only_the_labels_and_keeps_the_base_model_cache(world, tmp_path):
+    from leaml.pipeline.base_models import BaseModelSource, cache_key
+
+    relabeled = SMALL.model_copy(update={"labeled_seed": 7})
+    build_world(relabeled, str(tmp_path / "relabeled"), workers=1)
+    before, after = _files(world), _files(tmp_path / "relabeled")
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"labeled.jsonl", "unlabeled.jsonl", "world.json"}
+    src = BaseModelSource(preset="tiny-qwen2.5-vl")
+    assert cache_key(str(world), "student", src) == cache_key(str(tmp_path / "relabeled"), "student", src)
+    assert cache_key(str(world), "student", src) != cache_key(str(world), "teacher", src)
+
+
 def test_a_process_pool_writes_the_same_bytes(world, tmp_path, monkeypatch):
     monkeypatch.setattr(world_module, "POOL_MIN_ITEMS", 1)
     build_world(SMALL, str(tmp_path / "pooled"), workers=2)
