@@ -2,11 +2,12 @@
 ``key=value`` overrides, so ``leaml evaluate --config c.yaml inference.engine=local`` works.
 
     leaml data synth   [--config world.yaml] --out DIR [overrides]    the synthetic world
+    leaml data synth-sport [--config sport.yaml] --out DIR [overrides]  the sport (video) world
     leaml model init   --preset tiny-qwen2.5-vl --data DIR --out DIR   a tiny base model (untrained)
     leaml evaluate     --config eval.yaml [overrides]                 accuracy report
     leaml train        --config job.yaml [overrides]                  one training job
     leaml run          --config pipeline.yaml [--stages ...] [overrides]  the whole LEAML graph
-    leaml demo         [--run-dir DIR] [--quick]                      the embedded default, end to end
+    leaml demo         [--run-dir DIR] [--quick] [--video]            the embedded default, end to end
 """
 from __future__ import annotations
 
@@ -34,6 +35,22 @@ def cmd_data_synth(args) -> None:
     cats = ", ".join(f"{c} {100 * a:.1f}" for c, a in prior["per_category"].items())
     print(f"prior-only accuracy on the test split (most common train answer per question): "
           f"{100 * prior['mean_of_categories']:.1f}% mean of categories ({cats})")
+
+
+def cmd_data_synth_sport(args) -> None:
+    from leaml.config import load_config
+    from leaml.data.sport_world import SportWorldConfig, build_sport_world
+
+    cfg = load_config(SportWorldConfig, args.config, args.overrides)
+    summary = build_sport_world(cfg, args.out, workers=args.workers)
+    print(f"sport world written to {args.out} in {summary.seconds:.1f}s")
+    for name, n in summary.sizes.items():
+        print(f"  {name:<20}{n:>8}")
+    for label, acc in (("prior-only (most common train answer per question)", summary.prior_only),
+                       ("single middle frame (what that one frame shows, read perfectly)", summary.middle_frame)):
+        per = acc["per_category"]
+        cats = ", ".join(f"{c} {100 * per[c]:.1f}" for c in ("easy", "medium", "hard") if c in per)
+        print(f"{label}: {100 * acc['mean_of_categories']:.1f}% mean of categories ({cats})")
 
 
 def cmd_model_init(args) -> None:
@@ -66,7 +83,7 @@ def cmd_train(args) -> None:
 def cmd_demo(args) -> None:
     from leaml.pipeline.demo import run_demo
 
-    run_demo(args.run_dir, quick=args.quick, overrides=args.overrides)
+    run_demo(args.run_dir, quick=args.quick, overrides=args.overrides, video=args.video)
 
 
 def cmd_run(args) -> None:
@@ -86,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True)
     _add_config_args(synth)
     synth.set_defaults(func=cmd_data_synth)
+    sport = data.add_parser("synth-sport", help="generate the sport world (video clips, easy / medium / hard)")
+    sport.add_argument("--out", required=True)
+    sport.add_argument("--workers", type=int, default=None, help="processes rendering clips (default: CPU count)")
+    _add_config_args(sport)
+    sport.set_defaults(func=cmd_data_synth_sport)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="model_command", required=True)
     init = model.add_parser("init", help="build an untrained tiny preset (tokenizer trained on the data)")
@@ -105,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="run the embedded default end to end")
-    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--run-dir", help="default: the profile's run_dir (runs/demo, runs/sport-demo, ...)")
     demo.add_argument("--quick", action="store_true", help="smaller sizes (tests, smoke runs)")
+    demo.add_argument("--video", action="store_true", help="the sport (video) world instead of the endo images")
     demo.add_argument("overrides", nargs="*", help="dotted overrides of the demo config")
     demo.set_defaults(func=cmd_demo)
 

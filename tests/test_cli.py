@@ -22,3 +22,26 @@ def test_synth_init_evaluate_write_a_report(tmp_path, capsys):
 def test_config_typo_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path), "n_endo_trian=3"]) == 2
     assert "n_endo_trian: unknown key" in capsys.readouterr().err
+
+
+def test_synth_sport_writes_clips_and_prints_the_baselines(tmp_path, capsys):
+    out = tmp_path / "sport"
+    assert main(["data", "synth-sport", "--out", str(out), "--workers", "1", "n_train=12", "n_test=4",
+                 "n_teacher_pool=2", "n_general=8"]) == 0
+    text = capsys.readouterr().out
+    assert "prior-only" in text and "single middle frame" in text and "hard" in text
+    meta = json.loads((out / "world.json").read_text())
+    assert meta["domain"] == "sport" and meta["sizes"]["train_clips"] == 12 and meta["sizes"]["test_clips"] == 4
+    assert set(meta["middle_frame"]["per_category"]) == {"easy", "medium", "hard"}
+    assert len(list((out / "media").glob("sport-*.mp4"))) == 12 + 4 + 2
+
+
+def test_demo_profiles_name_shipped_configs_of_the_right_world():
+    from leaml.config import load_config
+    from leaml.pipeline.config import PipelineConfig
+    from leaml.pipeline.demo import demo_config_path
+
+    for quick in (False, True):
+        for video in (False, True):
+            cfg = load_config(PipelineConfig, str(demo_config_path(quick, video)), [])
+            assert cfg.world.domain == ("sport" if video else "endo")
