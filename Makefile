@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick test test-slow lint clean
+.PHONY: install demo demo-quick demo-video test test-slow lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 demo-quick: $(STAMP)
 	$(BIN)/leaml demo --run-dir runs/demo-quick --quick
+
+# The video run: the same graph on the synthetic sport world (8-frame clips, easy / medium / hard).
+demo-video: $(STAMP)
+	$(BIN)/leaml demo --video
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

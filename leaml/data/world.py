@@ -21,7 +21,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +37,8 @@ class WorldConfig(StrictModel):
 
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)  # + StrictModel's extra="forbid"
 
+    domain: Literal["endo"] = "endo"
+    """Names the builder (``sport`` is the video world, leaml.data.sport_world)."""
     seed: int = 0
     """Everything (pixels, questions, splits, the labeled pick) is a function of this seed."""
     image_size: int = Field(64, ge=16, le=512)
@@ -113,7 +115,7 @@ def build_world(cfg: WorldConfig, out: str, workers: int | None = None) -> World
                           ("unlabeled.jsonl", unlabeled), ("teacher_corpus.jsonl", teacher),
                           ("general/captions.jsonl", general_captions), ("general/qa.jsonl", general_qa)):
         save_records(storage.join(out, name), records)
-    world = {"seed": cfg.seed, "sizes": sizes, "config": cfg.model_dump(mode="json"),
+    world = {"domain": cfg.domain, "seed": cfg.seed, "sizes": sizes, "config": cfg.model_dump(mode="json"),
              "templates": {t: {"question": synth_endo.TEMPLATES[t].question, "options": o}
                            for t, o in options.items()},
              "labeled_selection": LABELED_SELECTION, "prior_only": prior}

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from leaml import storage
 from leaml.config import StrictModel
+from leaml.data.sport_world import SportWorldConfig
 from leaml.data.world import WorldConfig
 from leaml.evaluate.inference import InferenceConfig
 from leaml.pipeline.base_models import BaseModelSource, PretrainSettings
@@ -28,6 +29,18 @@ ROW_TITLES = {
 }
 
 
+def _world_domain(value) -> str:
+    # `domain` may be left out: the image world is the default
+    return value.get("domain", "endo") if isinstance(value, dict) else getattr(value, "domain", "endo")
+
+
+AnyWorld = Annotated[
+    Union[Annotated[WorldConfig, Tag("endo")], Annotated[SportWorldConfig, Tag("sport")]],
+    Discriminator(_world_domain),
+]
+"""The synthetic world to build: ``domain: endo`` (images, the default) or ``domain: sport`` (video)."""
+
+
 class GeneratorVariants(StrictModel):
     """The Table 3 ablation: what distinguishes the three QA generators."""
 
@@ -42,7 +55,7 @@ class PipelineConfig(StrictModel):
     """Every artifact of the run lives here (local path or s3://), one directory per stage."""
     data_dir: str | None = None
     """An existing dataset directory (real data converted by a loader); None = synthesise the world."""
-    world: WorldConfig = WorldConfig()
+    world: AnyWorld = WorldConfig()
     student: BaseModelSource = BaseModelSource(preset="tiny-qwen2.5-vl")
     teacher: BaseModelSource = BaseModelSource(
         preset="tiny-qwen2.5-vl-teacher", pretrain=PretrainSettings(max_steps=1500, lr=1e-3))

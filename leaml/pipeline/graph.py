@@ -76,9 +76,11 @@ class Run:
 
 
 def stage_world(run: Run) -> Stage:
+    from leaml.data.sport_world import build_sport_world
     from leaml.data.world import build_world
 
-    return Stage("world", storage.join(run.data, "world.json"), lambda: build_world(run.cfg.world, run.data))
+    build = build_sport_world if run.cfg.world.domain == "sport" else build_world
+    return Stage("world", storage.join(run.data, "world.json"), lambda: build(run.cfg.world, run.data))
 
 
 def stage_base(run: Run, role: str) -> Stage:
@@ -287,8 +289,9 @@ def write_run_report(run: Run, seconds: float) -> dict[str, str]:
     world = storage.join(run.data, "world.json")
     meta = {"seconds_this_invocation": round(seconds, 1), "pseudo_qa": pseudo,
             "prior_only": json.loads(storage.read_text(world)).get("prior_only") if storage.exists(world) else None}
+    domain = json.loads(storage.read_text(world)).get("domain", "endo") if storage.exists(world) else "endo"
     notes = gap_note(rows)
-    return write_report(run.path("eval"), rows, "LEAML on the endo test split", REPORT_CATEGORIES, meta, notes)
+    return write_report(run.path("eval"), rows, f"LEAML on the {domain} test split", REPORT_CATEGORIES, meta, notes)
 
 
 def gap_note(rows: list[dict]) -> str:
