@@ -92,12 +92,13 @@ def _run_local(rows: list[dict], model_uri: str, media_root: str, cfg: Inference
 
 
 def init_ray(address: str | None = None) -> None:
-    """Connect once: to ``address``, to RAY_ADDRESS when set (``ray job submit``), else start locally."""
+    """Connect once: to ``address``, to RAY_ADDRESS when set (``ray job submit``), else start locally.
+    Workers' output (training progress lines) reaches the driver; ``LEAML_RAY_LOGS=0`` silences it."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=address, log_to_driver=os.environ.get("LEAML_RAY_LOGS", "0") == "1",
+    ray.init(address=address, log_to_driver=os.environ.get("LEAML_RAY_LOGS", "1") != "0",
              include_dashboard=False if address in (None, "local") else None)
 
 
