@@ -30,6 +30,10 @@ class InferenceConfig(StrictModel):
     """Model replicas in the Ray Data actor pool."""
     actor_cpus: float = Field(0.5, gt=0)
     """CPUs each actor reserves; keep < 1 on small machines so read tasks can still run."""
+    actor_gpus: float = Field(0.0, ge=0)
+    """GPUs each actor reserves (the model then runs there: ``device: auto``)."""
+    device: str = "auto"
+    """Where the model runs: ``auto`` (a GPU if this process has one), ``cpu``, ``cuda``."""
     max_new_tokens: int = Field(12, ge=1)
     """Answers are short options; generation stops at EOS anyway."""
     num_frames: int = Field(8, ge=1)
@@ -42,14 +46,14 @@ class VQAPredictor:
     """Ray Data batch UDF: ``{"idx", "example"}`` rows -> adds ``"generation"`` (greedy answer)."""
 
     def __init__(self, model_uri: str, media_root: str, max_new_tokens: int = 12, num_frames: int = 8,
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, device: str = "auto"):
         import torch
 
         from leaml.models.builders import load_model
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model, self.processor = load_model(model_uri)
+        self.model, self.processor = load_model(model_uri, device=device)
         self.model.eval()
         self.media_root = media_root
         self.max_new_tokens = max_new_tokens
@@ -82,7 +86,8 @@ def run_inference(examples: list[VQAExample], model_uri: str, media_root: str,
 def _run_local(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceConfig, desc: str) -> list[str]:
     from tqdm.auto import tqdm
 
-    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, max(1, int(cfg.actor_cpus)))
+    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, max(1, int(cfg.actor_cpus)),
+                             cfg.device)
     out: list[str] = []
     for start in tqdm(range(0, len(rows), cfg.batch_size), desc=desc, unit="batch"):
         chunk = rows[start:start + cfg.batch_size]
@@ -110,10 +115,11 @@ def _run_ray(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceCo
     ds = ray.data.from_items(rows).map_batches(
         VQAPredictor,
         fn_constructor_kwargs=dict(model_uri=model_uri, media_root=media_root, max_new_tokens=cfg.max_new_tokens,
-                                   num_frames=cfg.num_frames, torch_threads=threads),
+                                   num_frames=cfg.num_frames, torch_threads=threads, device=cfg.device),
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.actor_gpus,
     )
     results = sorted(ds.take_all(), key=lambda r: r["idx"])
     return [r["generation"] for r in results]

@@ -316,10 +316,21 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, uri: str) -> N
     storage.write_text(storage.join(uri, INFO_FILE), json.dumps(info, indent=2) + "\n")
 
 
+def resolve_device(device: str) -> str:
+    """``auto``: the GPU this process was given (Ray hides GPUs from actors that asked for none), else CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(
     uri: str, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load a saved model (local dir, ``s3://`` prefix) or a hub id, in eval mode."""
+    """Load a saved model (local dir, ``s3://`` prefix) or a hub id, in eval mode, on ``device``
+    (``cpu``, ``cuda``, ``cuda:1``, or ``auto``)."""
+    device = resolve_device(device)
     local = storage.local_path(uri)
     source = str(local) if local.exists() else uri  # not a local path: a hub id
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[dtype]).to(device).eval()

@@ -33,6 +33,8 @@ class CaptionerConfig(StrictModel):
     replica_cpus: float = Field(1.0, gt=0)
     """CPUs per replica (fractional on small machines)."""
     replica_gpus: float = Field(0.0, ge=0)
+    device: str = "auto"
+    """transformers backend: where the model runs (``auto``: the replica's GPU if it has one)."""
     tensor_parallel_size: int = Field(1, ge=1)
     """vLLM only: GPUs per engine (the 72B teacher wants 4-8)."""
 
@@ -54,7 +56,7 @@ class Captioner:
             from leaml.models.builders import load_model
 
             torch.set_num_threads(max(1, int(self.cfg.replica_cpus)))
-            self.model, self.processor = load_model(self.cfg.model)
+            self.model, self.processor = load_model(self.cfg.model, device=self.cfg.device)
         elif self.cfg.backend == "vllm":
             self._engine = _VLLMCaptioner(self.cfg)
 

@@ -44,6 +44,8 @@ class QAGenConfig(StrictModel):
     autoscaling: dict = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
+    device: str = "auto"
+    """Where the model runs (``auto``: the replica's GPU if it has one)."""
 
 
 def item_seed(seed: int, media_id: str) -> int:
@@ -60,7 +62,7 @@ class QAGenerator:
 
         self.cfg = QAGenConfig.model_validate(cfg)
         torch.set_num_threads(max(1, int(self.cfg.replica_cpus)))
-        self.model, self.processor = load_model(self.cfg.model)
+        self.model, self.processor = load_model(self.cfg.model, device=self.cfg.device)
 
     def sample(self, media: list[list], media_ids: list[str]) -> list[list[str]]:
         """``n`` candidates per item, all items in one generate call. Seeded by the batch's item ids:

@@ -24,6 +24,8 @@ class ScoringConfig(StrictModel):
     """Mask artifact directory (masks.safetensors + summary.json)."""
     mask: MaskSettings = MaskSettings()
     num_frames: int = Field(8, ge=1)
+    device: str = "auto"
+    """Where the gradients are computed (``auto``: a GPU if this process has one)."""
 
 
 def run_scoring(cfg: ScoringConfig) -> dict:
@@ -32,13 +34,13 @@ def run_scoring(cfg: ScoringConfig) -> dict:
     from leaml.train.loop import MediaBatcher, target_loss
     from leaml.train.masks import accumulate_importance, compute_masks, eligible_linears, mask_summary, save_masks
 
-    model, processor = load_model(cfg.init_model)
+    model, processor = load_model(cfg.init_model, device=cfg.device)
     linears = eligible_linears(model, cfg.mask.include, cfg.mask.exclude)
     if not linears:
         raise ValueError(f"no linear layer matches include={cfg.mask.include} exclude={cfg.mask.exclude}; "
                          f"module names look like {[n for n, _ in model.named_modules()][1:4]}")
     items = qa_items(load_records(cfg.labeled, VQAExample), cfg.media_root)
-    batcher = MediaBatcher(processor, cfg.num_frames)
+    batcher = MediaBatcher(processor, cfg.num_frames, model.device)
     bs = cfg.mask.scoring_batch_size
     batches = (items[i:i + bs] for i in range(0, len(items), bs))
 

@@ -207,7 +207,7 @@ def stage_demands(cfg: PipelineConfig) -> dict[str, list[dict[str, float]]]:
     demands = {
         "caption": [{"CPU": cap.replica_cpus, "GPU": cap.replica_gpus}] * replicas(cap) + stream,
         "pseudo-qa": [{"CPU": qa.replica_cpus, "GPU": qa.replica_gpus}] * replicas(qa) + stream,
-        "evaluate": [{"CPU": cfg.evaluation.actor_cpus}] * cfg.evaluation.num_actors,
+        "evaluate": [{"CPU": cfg.evaluation.actor_cpus, "GPU": cfg.evaluation.actor_gpus}] * cfg.evaluation.num_actors,
     }
     trainings = {f"generator {v}": getattr(cfg.generators, v) for v in ("baseline", "distill", "leaml")}
     trainings |= {"vqa": cfg.vqa, "lora": cfg.lora, "fully_supervised": cfg.fully_supervised}

@@ -196,3 +196,16 @@ def test_s3_round_trip(tok, s3_bucket, tmp_path, monkeypatch):
     save_model(loaded, loaded_processor, str(tmp_path / "again"))  # a stage that loads, trains, saves
     info = json.loads((tmp_path / "again" / INFO_FILE).read_text())
     assert info == {"arch": "qwen2_5_vl", "preset": "tiny-qwen2.5-vl"}
+
+
+def test_auto_device_is_the_gpu_this_process_was_given(monkeypatch):
+    # Captioner / QA generator replicas, evaluation actors and mask scoring load with device=auto:
+    # Ray hides GPUs from actors that asked for none, so "auto" follows the resource request.
+    import torch
+
+    from leaml.models.builders import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
