@@ -72,6 +72,8 @@ def cache_key(data_dir: str, role: Role, src: BaseModelSource) -> str:
     # The labeled pick is not an input of pretraining: seeds that only re-draw it share base models.
     world = json.loads(storage.read_text(storage.join(data_dir, "world.json")))
     world.get("config", {}).pop("labeled_seed", None)
+    for size in ("labeled_qa", "unlabeled_media"):  # these follow the pick too
+        world.get("sizes", {}).pop(size, None)
     blob = json.dumps({"world": world, "role": role, "preset": src.preset,
                        "pretrain": src.pretrain.model_dump(), "v": 1}, sort_keys=True)
     return f"{src.preset}-{role}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
