@@ -160,7 +160,8 @@ class CaptionRequester:
         texts = self._caption(media, reports) if ok else []
         for i, text in zip(ok, texts):
             cap = Caption(media_id=str(batch["item_id"][i]), text=text, model=self.model_name,
-                          meta={"uri": str(batch["uri"][i]), "decoding": self.decoding})
+                          meta={"uri": str(batch["uri"][i]), "kind": str(batch["kind"][i]),
+                                "decoding": self.decoding})
             records[i] = json.dumps([cap.model_dump()])
         return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
 

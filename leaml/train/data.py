@@ -61,10 +61,12 @@ def vqa_items(examples: list[VQAExample], media_root: str = "") -> list[TrainIte
 
 
 def caption_items(captions: list[Caption], media: dict[str, MediaRef], media_root: str = "") -> list[TrainItem]:
-    """Captions name their media by id; the ref comes from ``media`` or the caption's ``meta.uri``."""
+    """Captions name their media by id; the ref comes from ``media`` or the caption's ``meta.uri``
+    (and ``meta.kind``: a caption of a video clip trains on its frames)."""
     items, missing = [], []
     for c in captions:
-        ref = media.get(c.media_id) or (MediaRef(id=c.media_id, uri=c.meta["uri"]) if "uri" in c.meta else None)
+        ref = media.get(c.media_id) or (
+            MediaRef(id=c.media_id, uri=c.meta["uri"], kind=c.meta.get("kind", "image")) if "uri" in c.meta else None)
         if ref is None:
             missing.append(c.media_id)
         else:

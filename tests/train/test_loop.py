@@ -105,3 +105,15 @@ def test_interrupted_run_resumes_at_next_step(tmp_path, tiny_world, tiny_base, m
     a = dict(load_model(str(tmp_path / "straight"))[0].named_parameters())
     b = dict(load_model(str(tmp_path / "crash"))[0].named_parameters())
     assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-5  # same batches, same updates
+
+
+def test_captions_of_video_clips_train_on_frames(tmp_path):
+    # A caption names its media by id; meta.kind (written by the captioning stage) keeps a clip a
+    # clip, else its mp4 would be loaded as an image and refused.
+    from leaml.records import Caption
+    from leaml.train.data import caption_items
+
+    caps = [Caption(media_id="clip-1", text="a push.", model="t", meta={"uri": "media/clip-1.mp4", "kind": "video"}),
+            Caption(media_id="img-1", text="a polyp.", model="t", meta={"uri": "media/img-1.png"})]
+    items = caption_items(caps, {}, str(tmp_path))
+    assert [(it.media.uri, it.media.kind) for it in items] == [("media/clip-1.mp4", "video"), ("media/img-1.png", "image")]
