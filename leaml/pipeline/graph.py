@@ -286,12 +286,11 @@ def write_run_report(run: Run, seconds: float) -> dict[str, str]:
     rows = [json.loads(storage.read_text(run.path("eval", "rows", f"{r}.json"))) for r in run.cfg.rows]
     pseudo = {v: json.loads(storage.read_text(run.path("pseudo_qa", v, "_SUCCESS.json")))
               for v in GENERATOR_ROWS if storage.exists(run.path("pseudo_qa", v, "_SUCCESS.json"))}
-    world = storage.join(run.data, "world.json")
-    meta = {"seconds_this_invocation": round(seconds, 1), "pseudo_qa": pseudo,
-            "prior_only": json.loads(storage.read_text(world)).get("prior_only") if storage.exists(world) else None}
-    domain = json.loads(storage.read_text(world)).get("domain", "endo") if storage.exists(world) else "endo"
-    notes = gap_note(rows)
-    return write_report(run.path("eval"), rows, f"LEAML on the {domain} test split", REPORT_CATEGORIES, meta, notes)
+    world_uri = storage.join(run.data, "world.json")  # absent for a converted real dataset
+    world = json.loads(storage.read_text(world_uri)) if storage.exists(world_uri) else {}
+    meta = {"seconds_this_invocation": round(seconds, 1), "pseudo_qa": pseudo, "prior_only": world.get("prior_only")}
+    title = f"LEAML on the {world.get('domain', 'endo')} test split"
+    return write_report(run.path("eval"), rows, title, REPORT_CATEGORIES, meta, gap_note(rows))
 
 
 def gap_note(rows: list[dict]) -> str:
