@@ -33,7 +33,7 @@ from leaml.data import synth_sport
 from leaml.data.synth_common import options_by_template, rng_for, with_options
 from leaml.data.synth_sport import BEATS, TEMPLATES, SportScene, frame_beats, frame_view
 from leaml.data.world import (
-    LABELED_SELECTION, WorldConfig, _general_job, _run_items, accuracy_by_category, select_labeled,
+    LABELED_SELECTION, WorldConfig, _general_job, _run_items, accuracy_by_category, labeled_pick_seed, select_labeled,
     unlabeled_media,
 )
 from leaml.media import write_video
@@ -121,7 +121,7 @@ def build_sport_world(cfg: SportWorldConfig, out: str, workers: int | None = Non
     test = _run_items(out, _clip_job, [(cfg, "test", i) for i in range(cfg.n_test)], workers, "sport test")
     options = options_by_template((ex.template, ex.answer) for ex in [*train, *test])
     train, test = with_options(train, options), with_options(test, options)
-    labeled = select_labeled(train, cfg.labeled_fraction, cfg.seed if cfg.labeled_seed is None else cfg.labeled_seed)
+    labeled = select_labeled(train, cfg.labeled_fraction, labeled_pick_seed(cfg))
     unlabeled = unlabeled_media(train, labeled)
     teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(cfg.n_teacher_pool)], workers, "teacher pool")
     general_captions, general_qa = _build_general(cfg, out, workers)

@@ -98,7 +98,7 @@ def build_world(cfg: WorldConfig, out: str, workers: int | None = None) -> World
     test = _run_items(out, _endo_job, [(cfg, "test", i) for i in range(cfg.n_endo_test)], workers, "endo test")
     options = options_by_template((ex.template, ex.answer) for ex in [*train, *test])
     train, test = with_options(train, options), with_options(test, options)
-    labeled = select_labeled(train, cfg.labeled_fraction, cfg.seed if cfg.labeled_seed is None else cfg.labeled_seed)
+    labeled = select_labeled(train, cfg.labeled_fraction, labeled_pick_seed(cfg))
     unlabeled = unlabeled_media(train, labeled)
     teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(cfg.n_teacher_pool)], workers, "teacher pool")
     general = _run_items(out, _general_job, [(cfg, i) for i in range(cfg.n_general)], workers, "general")
@@ -199,6 +199,11 @@ LABELED_SELECTION = (
     "template first (uniform within the template), then the rest uniformly from the remaining pairs; "
     "otherwise n pairs uniformly. Seeded by (seed, 'labeled'); kept in train order."
 )
+
+
+def labeled_pick_seed(cfg) -> int:
+    """``labeled_seed`` when set, else the world's seed (a world config of either domain)."""
+    return cfg.seed if cfg.labeled_seed is None else cfg.labeled_seed
 
 
 def select_labeled(train: Sequence[VQAExample], fraction: float, seed: int) -> list[VQAExample]:
