@@ -78,3 +78,12 @@ def test_pipeline_paths_are_absolute_so_ray_workers_find_them(tmp_path, monkeypa
     assert cfg.data_dir == os.path.join(str(tmp_path), "data")
     assert cfg.cache_dir == "s3://bucket/cache"
     assert PipelineConfig(run_dir="s3://bucket/run").run_dir == "s3://bucket/run"
+
+
+def test_unlabeled_limit_takes_the_first_items(tiny_world, tmp_path):
+    from leaml.pipeline.config import PipelineConfig
+    from leaml.pipeline.graph import Run, unlabeled_items
+
+    everything = unlabeled_items(Run(PipelineConfig(run_dir=str(tmp_path), data_dir=tiny_world)))
+    some = unlabeled_items(Run(PipelineConfig(run_dir=str(tmp_path), data_dir=tiny_world, unlabeled_limit=3)))
+    assert len(everything) > 3 and some == everything[:3]

@@ -30,6 +30,9 @@ class InferenceConfig(StrictModel):
     """Model replicas in the Ray Data actor pool."""
     actor_cpus: float = Field(0.5, gt=0)
     """CPUs each actor reserves; keep < 1 on small machines so read tasks can still run."""
+    torch_threads: int | None = Field(None, ge=1)
+    """Intra-op threads per actor; None = floor(actor_cpus), at least 1. A reservation is not a
+    thread count: one actor on an otherwise idle 2-core machine reserves 1 CPU and can use 2."""
     actor_gpus: float = Field(0.0, ge=0)
     """GPUs each actor reserves (the model then runs there: ``device: auto``)."""
     device: str = "auto"
@@ -86,14 +89,17 @@ def run_inference(examples: list[VQAExample], model_uri: str, media_root: str,
 def _run_local(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceConfig, desc: str) -> list[str]:
     from tqdm.auto import tqdm
 
-    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, max(1, int(cfg.actor_cpus)),
-                             cfg.device)
+    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, _threads(cfg), cfg.device)
     out: list[str] = []
     for start in tqdm(range(0, len(rows), cfg.batch_size), desc=desc, unit="batch"):
         chunk = rows[start:start + cfg.batch_size]
         batch = {"idx": np.array([r["idx"] for r in chunk]), "example": np.array([r["example"] for r in chunk], dtype=object)}
         out += list(predictor(batch)["generation"])
     return out
+
+
+def _threads(cfg: InferenceConfig) -> int:
+    return cfg.torch_threads or max(1, int(cfg.actor_cpus))
 
 
 def init_ray(address: str | None = None) -> None:
@@ -111,7 +117,7 @@ def _run_ray(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceCo
     import ray
 
     init_ray(cfg.ray_address)
-    threads = max(1, int(cfg.actor_cpus))
+    threads = _threads(cfg)
     ds = ray.data.from_items(rows).map_batches(
         VQAPredictor,
         fn_constructor_kwargs=dict(model_uri=model_uri, media_root=media_root, max_new_tokens=cfg.max_new_tokens,

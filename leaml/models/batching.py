@@ -18,7 +18,7 @@ processor; it would replace the per-frame placeholders in ``_messages`` and pass
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from PIL import Image
@@ -74,13 +74,14 @@ def to_model_inputs(batch: dict, model) -> dict:
 
 
 def encode_for_training(
-    processor, media: Media, prompts: Sequence[str], targets: Sequence[str]
+    processor, media: Media, prompts: Sequence[str], targets: Sequence[str], eos: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Right-padded prompt + target + eos with loss ``labels`` on the target and eos only."""
+    """Right-padded prompt + target + eos with loss ``labels`` on the target and eos only
+    (``eos=False``: a target that is the prefix of a longer text, labels on the target alone)."""
     if len(targets) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     tok = processor.tokenizer
-    answers = [t + tok.eos_token for t in targets]
+    answers = [t + tok.eos_token if eos else t for t in targets]
     texts = [p + a for p, a in zip(prompt_texts(processor, media, prompts), answers)]
     batch = dict(_process(processor, media, texts, padding_side="right"))
     answer_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
@@ -160,18 +161,22 @@ def score_options(
     prompts: Sequence[str],
     options: Sequence[Sequence[str]],
     batch_size: int = 16,
+    eos: bool = True,
+    reduce: Literal["mean", "sum"] = "mean",
 ) -> list[list[float]]:
     """Per prompt, a probability per option: softmax over options of the mean token log-likelihood
     of ``option + eos`` as the answer (eos included, so an option that is a prefix of another is
-    not favoured). ``batch_size`` bounds the (prompt, option) rows per forward pass."""
+    not favoured; ``eos=False`` scores options that are prefixes of a longer answer, such as the
+    question part of a QA pair; ``reduce="sum"`` ranks by total log-likelihood, the options'
+    probabilities as whole sequences). ``batch_size`` bounds the (prompt, option) rows per forward pass."""
     rows = [(m, p, o) for m, p, opts in zip(media, prompts, options, strict=True) for o in opts]
     means: list[float] = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        batch = encode_for_training(processor, *map(list, zip(*chunk)))
+        batch = encode_for_training(processor, *map(list, zip(*chunk)), eos=eos)
         labels = batch.pop("labels").to(model.device)
         logits = model(**to_model_inputs(batch, model)).logits
-        means += _mean_logprob(logits, labels).tolist()
+        means += _logprob(logits, labels, reduce).tolist()
     out, k = [], 0
     for opts in options:
         out.append(torch.softmax(torch.tensor(means[k:k + len(opts)]), dim=0).tolist() if opts else [])
@@ -179,9 +184,10 @@ def score_options(
     return out
 
 
-def _mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _logprob(logits: torch.Tensor, labels: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
     # Position t predicts token t+1.
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
     mask = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    total = (logp * mask).sum(-1)
+    return total if reduce == "sum" else total / mask.sum(-1).clamp(min=1)

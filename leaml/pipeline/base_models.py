@@ -22,7 +22,7 @@ from pydantic import Field
 
 from leaml import storage
 from leaml.config import StrictModel
-from leaml.train.config import TrainConfig
+from leaml.train.config import ScalingSettings, TrainConfig
 from leaml.train.data import DataSpec
 from leaml.train.loop import TrainJob
 
@@ -35,6 +35,9 @@ class PretrainSettings(StrictModel):
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
     seed: int = 0
+    torch_threads: int | None = Field(None, ge=1)
+    """Intra-op threads of the pretraining worker (None: one per reserved CPU); not part of the
+    cache key."""
 
 
 class BaseModelSource(StrictModel):
@@ -75,7 +78,7 @@ def cache_key(data_dir: str, role: Role, src: BaseModelSource) -> str:
     for size in ("labeled_qa", "unlabeled_media"):  # these follow the pick too
         world.get("sizes", {}).pop(size, None)
     blob = json.dumps({"world": world, "role": role, "preset": src.preset,
-                       "pretrain": src.pretrain.model_dump(), "v": 1}, sort_keys=True)
+                       "pretrain": src.pretrain.model_dump(exclude={"torch_threads"}), "v": 1}, sort_keys=True)
     return f"{src.preset}-{role}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -98,7 +101,8 @@ def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir
     job = TrainJob(name=f"pretrain-{role}", init_model=init, out_dir=out, data=pretrain_data(data_dir, role),
                    train=TrainConfig(objective="pretrain", method="full", max_steps=p.max_steps, lr=p.lr,
                                      batch_size=p.batch_size, warmup_steps=p.warmup_steps, seed=p.seed,
-                                     weight_decay=0.01, report_every=100))
+                                     weight_decay=0.01, report_every=100,
+                                     scaling=ScalingSettings(torch_threads=p.torch_threads)))
     run_training(job, engine=engine)
     storage.remove(init)
     return out

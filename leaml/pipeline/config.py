@@ -72,6 +72,10 @@ class PipelineConfig(StrictModel):
     """VQA fine-tuning on labeled (+ pseudo) pairs; also the full fine-tuning baseline."""
     lora: TrainConfig = TrainConfig(objective="vqa", method="lora", lr=3e-3)
     fully_supervised: TrainConfig = TrainConfig(objective="vqa", method="full")
+    unlabeled_limit: int | None = Field(None, ge=1)
+    """Caption and pseudo-label only the first N unlabeled items (small profiles: the generators
+    and the VQA rows draw a bounded number of caption and pseudo batches, so a larger pool only
+    costs time). None: all of them."""
     pseudo_weight: float = Field(1.0, ge=0)
     """VQA fine-tuning draws a labeled and a pseudo batch each step; weight of the pseudo loss."""
     rows: list[Row] = Field(default_factory=lambda: list(ALL_ROWS))

@@ -95,7 +95,7 @@ def stage_base(run: Run, role: str) -> Stage:
 
 
 def unlabeled_items(run: Run) -> list[dict]:
-    refs = load_records(storage.join(run.data, "unlabeled.jsonl"), MediaRef)
+    refs = load_records(storage.join(run.data, "unlabeled.jsonl"), MediaRef)[:run.cfg.unlabeled_limit]
     return [{"item_id": r.id, "uri": r.uri, "kind": r.kind, "media_root": run.data} for r in refs]
 
 

@@ -1,8 +1,9 @@
 """Pseudo-QA stage: unlabeled media + QA generator -> pseudo VQA pairs with provenance.
 
 - :class:`QAGenerator` (model side, a Serve deployment via :func:`build_qa_generator_app`): nucleus
-  sampling, ``n`` candidates per item, seeded per item so a re-run writes the same candidates; and
-  option scores for the optional filter.
+  sampling, ``n`` candidates per item, seeded so a re-run writes the same candidates; and option
+  scores for the optional filter. ``decoding: constrained`` samples among valid pairs only (a
+  question of the labeled data, then one of its options), by the generator's own likelihoods.
 - :func:`judge_candidates` (pure): parse ``<q>Q<q><a>A<a>``, validate (the question lists its
   options, the answer is one of them, the options are the known option set of a template seen in
   the labeled data when ``known_templates`` is given), dedupe per item, filter. Every candidate is
@@ -33,6 +34,11 @@ class QAGenConfig(StrictModel):
     top_p: float = Field(0.9, gt=0, le=1)
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(48, ge=1)
+    decoding: Literal["free", "constrained"] = "free"
+    """free: sample text token by token and parse it (the paper). constrained: sample a question
+    among those of the labeled data by the generator's likelihood of writing it, then its answer
+    among that question's options (guided decoding over a choice set, as vLLM's guided_choice), both
+    with ``temperature`` and ``top_p``: every candidate is a valid pair. Needs the known questions."""
     num_frames: int = Field(8, ge=1)
     seed: int = 0
     filter: Literal["none", "consistent", "threshold"] = "consistent"
@@ -50,6 +56,18 @@ class QAGenConfig(StrictModel):
 
 def item_seed(seed: int, media_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{media_id}:qagen".encode()).digest()[:4], "big")
+
+
+def nucleus(probs: list[float], top_p: float, temperature: float) -> np.ndarray:
+    """A distribution over choices -> its nucleus: tempered, cut to the smallest most likely set
+    whose mass reaches ``top_p``, renormalised."""
+    p = np.asarray(probs, dtype=np.float64) ** (1.0 / temperature)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    cut = int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1
+    out = np.zeros_like(p)
+    out[order[:cut]] = p[order[:cut]]
+    return out / out.sum()
 
 
 class QAGenerator:
@@ -73,6 +91,38 @@ class QAGenerator:
         return generate(self.model, self.processor, media, [qagen_prompt()] * len(media), do_sample=True,
                         top_p=self.cfg.top_p, temperature=self.cfg.temperature, num_return_sequences=self.cfg.n,
                         max_new_tokens=self.cfg.max_new_tokens, seed=item_seed(self.cfg.seed, "|".join(media_ids)))
+
+    def sample_constrained(self, media: list[list], media_ids: list[str],
+                           known: dict[str, list[str]]) -> list[dict]:
+        """Per item: ``n`` valid ``<q>Q<q><a>A<a>`` texts, and the option probabilities of each
+        question drawn (so the filter needs no second pass). Seeded per item."""
+        from leaml.models.batching import score_options
+        from leaml.prompts import qagen_prompt
+        from leaml.records import Q_TAG
+
+        questions = sorted(known)
+        # P(the text starts "<q>Question"): the total log-likelihood of that prefix (a sequence's
+        # probability, which a per-token mean is not); the option list that follows is fixed per
+        # question, so it adds nothing to the choice and is not scored.
+        heads = [f"{Q_TAG}{q}" for q in questions]
+        q_probs = score_options(self.model, self.processor, media, [qagen_prompt()] * len(media),
+                                [heads] * len(media), eos=False, reduce="sum")
+        rngs = [np.random.default_rng(item_seed(self.cfg.seed, mid)) for mid in media_ids]
+        drawn = [[questions[i] for i in rng.choice(len(questions), size=self.cfg.n,
+                                                   p=nucleus(p, self.cfg.top_p, self.cfg.temperature))]
+                 for rng, p in zip(rngs, q_probs)]
+        flat = [(i, q) for i, qs in enumerate(drawn) for q in dict.fromkeys(qs)]
+        probs = self.option_probs([media[i] for i, _ in flat], [q for _, q in flat], [known[q] for _, q in flat])
+        per_item = [{} for _ in media]
+        for (i, q), p in zip(flat, probs):
+            per_item[i][q] = p
+        out = []
+        for rng, qs, opt_probs in zip(rngs, drawn, per_item):
+            answers = [known[q][rng.choice(len(known[q]), p=nucleus(opt_probs[q], self.cfg.top_p, self.cfg.temperature))]
+                       for q in qs]
+            out.append({"texts": [format_qa_target(q, known[q], a) for q, a in zip(qs, answers)],
+                        "option_probs": opt_probs})
+        return out
 
     def option_probs(self, media: list[list], questions: list[str], options: list[list[str]]) -> list[list[float]]:
         """P(option | media, question) under the generator, over full ``<q>..<a>o<a>`` targets."""
@@ -153,6 +203,9 @@ class QARequester:
     def __init__(self, target: dict, cfg: dict, known_templates: dict[str, list[str]] | None = None):
         self.cfg = QAGenConfig.model_validate(cfg)
         self.known = known_templates
+        if self.cfg.decoding == "constrained" and not known_templates:
+            raise ValueError("qagen.decoding=constrained samples among the labeled data's questions: "
+                             "known_templates is required (use decoding=free without them)")
         if "serve" in target:
             from ray import serve
 
@@ -181,17 +234,27 @@ class QARequester:
             except Exception as e:  # noqa: BLE001 - unreadable media go to the errors file
                 errors[i] = f"{type(e).__name__}: {e}"
         if ok:
-            texts = self._call("sample", media, [r.id for r in refs])
-            for i, ref, frames, cands in zip(ok, refs, media, texts):
+            for i, ref, frames, (cands, probs) in zip(ok, refs, media, self._sample(media, refs)):
                 rows = judge_candidates(ref, cands, self.known, self.cfg.model)
-                self._filter(rows, frames)
+                self._filter(rows, frames, probs)
                 records[i] = json.dumps(rows)
         return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
 
-    def _filter(self, rows: list[dict], frames: list) -> None:
+    def _sample(self, media: list[list], refs: list[MediaRef]) -> list[tuple[list[str], dict | None]]:
+        """(candidate texts, option probabilities per question when the sampler already has them)."""
+        ids = [r.id for r in refs]
+        if self.cfg.decoding == "free":
+            return [(texts, None) for texts in self._call("sample", media, ids)]
+        out = self._call("sample_constrained", media, ids, self.known)
+        return [(o["texts"], o["option_probs"]) for o in out]
+
+    def _filter(self, rows: list[dict], frames: list, known_probs: dict[str, list[float]] | None) -> None:
         kept = [r["example"] for r in rows if r["kept"]]
         if self.cfg.filter == "none" or not kept:
             return
-        probs = self._call("option_probs", [frames] * len(kept), [e["question"] for e in kept],
-                           [e["options"] for e in kept])
+        if known_probs is not None:
+            probs = [known_probs[e["question"]] for e in kept]
+        else:
+            probs = self._call("option_probs", [frames] * len(kept), [e["question"] for e in kept],
+                               [e["options"] for e in kept])
         apply_filter(rows, probs, self.cfg)

@@ -1,8 +1,13 @@
 """Parsing, validating, deduping and filtering generated QA candidates (garbage included)."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
+import pytest
+
 from leaml.pipeline.qa_generator import QAGenConfig, apply_filter, judge_candidates
-from leaml.records import MediaRef, VQAExample, format_qa_target
+from leaml.records import MediaRef, VQAExample, format_qa_target, load_records, parse_qa_target
 
 MEDIA = MediaRef(id="endo-1", uri="media/endo-1.png")
 KNOWN = {"Is there text?": ["no", "yes"], "How many polyps are in the image?": ["0", "1", "2", "3"]}
@@ -60,3 +65,34 @@ def test_filters():
     assert [r["kept"] for r in rows] == [False, False]
     assert rows[0]["scores"] == {"p_answer": 0.3, "argmax": "yes"}
     assert rows[1]["reason"].startswith("filter: p(answer)=0.40")
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    from leaml.pipeline.qa_generator import nucleus
+
+    np.testing.assert_allclose(nucleus([0.5, 0.3, 0.2], top_p=0.7, temperature=1.0), [0.625, 0.375, 0.0])
+    np.testing.assert_allclose(nucleus([0.5, 0.3, 0.2], top_p=1.0, temperature=1.0), [0.5, 0.3, 0.2])
+    cold = nucleus([0.6, 0.4], top_p=1.0, temperature=0.5)  # p^2 renormalised: sharper
+    assert abs(cold[0] - 0.36 / 0.52) < 1e-9
+
+
+def test_constrained_decoding_yields_only_valid_pairs_deterministically(tiny_base, tiny_world):
+    """An untrained generator writes almost no valid pair freely; constrained, every candidate is a
+    known question with one of its options, the same on a re-run, and scored for the filter."""
+    from leaml.pipeline.qa_generator import QARequester
+
+    refs = load_records(f"{tiny_world}/unlabeled.jsonl", MediaRef)[:3]
+    batch = {"item_id": np.array([r.id for r in refs]), "uri": np.array([r.uri for r in refs]),
+             "kind": np.array([r.kind for r in refs]), "media_root": np.array([tiny_world] * 3)}
+    cfg = QAGenConfig(model=tiny_base, n=3, decoding="constrained", filter="consistent").model_dump()
+    requester = QARequester({"local": {}}, cfg, KNOWN)
+    runs = [[json.loads(r) for r in requester(dict(batch))["records"]] for _ in range(2)]
+    assert runs[0] == runs[1]
+    rows = [row for item in runs[0] for row in item]
+    assert len(rows) == 9
+    for row in rows:  # dropped only as a duplicate or by the filter, never as invalid
+        assert row["kept"] or row["reason"] == "duplicate" or row["reason"].startswith("filter:")
+        if row["reason"] != "duplicate":
+            assert row["scores"]["argmax"] in KNOWN[parse_qa_target(row["text"]).question]
+    with pytest.raises(ValueError, match="known_templates is required"):
+        QARequester({"local": {}}, cfg, None)
