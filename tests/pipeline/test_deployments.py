@@ -61,7 +61,7 @@ def test_qa_generator_deployment_keeps_provenance(serve_local, tiny_base, media_
     serve.run(qa_generator.build_qa_generator_app(cfg.model_dump()), name=qa_generator.APP_NAME, route_prefix=None)
     target = {"serve": {"app": qa_generator.APP_NAME, "deployment": qa_generator.DEPLOYMENT_NAME}}
     counts = run_sharded(media_items, qa_generator.QARequester, {"target": target, "cfg": cfg.model_dump()},
-                         str(tmp_path), "pseudo-qa", STREAM)
+                         str(tmp_path / "free"), "pseudo-qa", STREAM)
     # constrained decoding through the same deployment: every candidate a known question and option
     known = {"Is there text?": ["no", "yes"], "How many polyps are in the image?": ["0", "1", "2", "3"]}
     constrained = cfg.model_copy(update={"decoding": "constrained", "filter": "consistent"}).model_dump()
@@ -71,7 +71,7 @@ def test_qa_generator_deployment_keeps_provenance(serve_local, tiny_base, media_
     judged = read_shards(str(tmp_path / "constrained"))
     assert len(judged) == 6 * 2 and any(r["kept"] for r in judged)
     assert all(r["kept"] or r["reason"] == "duplicate" or r["reason"].startswith("filter:") for r in judged)
-    rows = read_shards(str(tmp_path))
+    rows = read_shards(str(tmp_path / "free"))
     assert counts["errors"] == 1 and len(rows) == 6 * 2  # n candidates per readable item
     assert {(r["media_id"], r["sample"]) for r in rows} == {(m["item_id"], k) for m in media_items[:6] for k in (0, 1)}
     assert all(r["kept"] or r["reason"] for r in rows)  # an untrained generator: every drop says why
