@@ -170,16 +170,16 @@ def score_options(
     question part of a QA pair; ``reduce="sum"`` ranks by total log-likelihood, the options'
     probabilities as whole sequences). ``batch_size`` bounds the (prompt, option) rows per forward pass."""
     rows = [(m, p, o) for m, p, opts in zip(media, prompts, options, strict=True) for o in opts]
-    means: list[float] = []
+    scores: list[float] = []  # per (prompt, option) row: mean or total log-likelihood
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         batch = encode_for_training(processor, *map(list, zip(*chunk)), eos=eos)
         labels = batch.pop("labels").to(model.device)
         logits = model(**to_model_inputs(batch, model)).logits
-        means += _logprob(logits, labels, reduce).tolist()
+        scores += _logprob(logits, labels, reduce).tolist()
     out, k = [], 0
     for opts in options:
-        out.append(torch.softmax(torch.tensor(means[k:k + len(opts)]), dim=0).tolist() if opts else [])
+        out.append(torch.softmax(torch.tensor(scores[k:k + len(opts)]), dim=0).tolist() if opts else [])
         k += len(opts)
     return out
 
