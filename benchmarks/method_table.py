@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/method_table.py                      # 3 seeds of the demo profile
     .venv/bin/python benchmarks/method_table.py --seeds 0 1 2 3 --config ray_jobs/configs/demo.yaml
     .venv/bin/python benchmarks/method_table.py --quick              # smoke: toy sizes, 2 seeds
+    .venv/bin/python benchmarks/method_table.py evaluation.scoring=options   # re-score finished seeds
+
+"no match" is the share of answers that match no option (wrong under the paper's protocol); with
+``evaluation.scoring=options`` each row answers with its most likely option instead, so the table
+tells what the models know apart from whether they write an option (only the evaluation re-runs).
 
 A seed re-draws the labeled 1% (``world.labeled_seed``) and every training / sampling seed; the
 world's images and the base models stay fixed, so the rows differ only by what the method does
@@ -22,25 +27,28 @@ def run_seed(config: str, out: str, seed: int, extra: list[str]) -> dict[str, di
     from leaml import storage
     from leaml.config import load_config
     from leaml.pipeline.config import PipelineConfig
-    from leaml.pipeline.graph import run_pipeline
+    from leaml.pipeline.graph import Run, run_pipeline
 
     overrides = [f"run_dir={out}/seed-{seed}", f"seed={seed}", f"world.labeled_seed={seed}",
                  *(f"{k}.seed={seed}" for k in ("vqa", "lora", "fully_supervised", "qagen")),
                  *(f"generators.{v}.seed={seed}" for v in ("baseline", "distill", "leaml")), *extra]
     cfg = load_config(PipelineConfig, config, overrides)
     run_pipeline(cfg)
-    return {r: json.loads(storage.read_text(f"{cfg.run_dir}/eval/rows/{r}.json"))["scores"] for r in cfg.rows}
+    rows_dir = storage.join(Run(cfg).eval_dir, "rows")
+    return {r: json.loads(storage.read_text(storage.join(rows_dir, f"{r}.json")))["scores"] for r in cfg.rows}
 
 
 def summarise(per_seed: list[dict[str, dict]]) -> list[str]:
     rows = list(per_seed[0])
     cats = sorted({c for s in per_seed for r in s.values() for c in r["categories"]})
-    head = f"{'method':<34}" + "".join(f"{c[:11]:>14}" for c in cats) + f"{'average':>16}"
+    head = f"{'method':<34}" + "".join(f"{c[:11]:>14}" for c in cats) + f"{'average':>16}{'no match':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = [_mean_std([s[r]["categories"].get(c, {}).get("accuracy", float("nan")) for s in per_seed]) for c in cats]
         avg = _mean_std([s[r]["mean_of_categories"] for s in per_seed])
-        lines.append(f"{ROW_TITLES.get(r, r):<34}" + "".join(f"{x:>14}" for x in cells) + f"{avg:>16}")
+        no_match = statistics.fmean(s[r].get("no_match_rate", 0.0) for s in per_seed)
+        lines.append(f"{ROW_TITLES.get(r, r):<34}" + "".join(f"{x:>14}" for x in cells) + f"{avg:>16}"
+                     + f"{100 * no_match:>9.1f}%")
     return lines
 
 
@@ -89,7 +97,8 @@ def main() -> None:
     if args.quick:
         args.config, args.seeds = "ray_jobs/configs/demo_quick.yaml", args.seeds[:2]
     per_seed = [run_seed(args.config, args.out, s, args.overrides) for s in args.seeds]
-    print(f"\n{args.config}, seeds {args.seeds}: accuracy % (mean±std over seeds)")
+    scoring = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("evaluation.scoring=")), "generate")
+    print(f"\n{args.config}, seeds {args.seeds}, scoring {scoring}: accuracy % (mean±std over seeds)")
     print("\n".join(summarise(per_seed) + [""] + gap(per_seed)))
 
 

@@ -37,6 +37,12 @@ class InferenceConfig(StrictModel):
     """GPUs each actor reserves (the model then runs there: ``device: auto``)."""
     device: str = "auto"
     """Where the model runs: ``auto`` (a GPU if this process has one), ``cpu``, ``cuda``."""
+    scoring: Literal["generate", "options"] = "generate"
+    """``generate``: the greedy answer, matched to an option (the paper's protocol; an answer that
+    matches no option is wrong). ``options``: the option the model finds most likely (mean token
+    log-likelihood), the log-likelihood multiple-choice protocol: it never fails on format, so beside
+    ``generate`` it tells what a model knows from whether it writes an option. Questions without
+    options are generated either way."""
     max_new_tokens: int = Field(12, ge=1)
     """Answers are short options; generation stops at EOS anyway."""
     num_frames: int = Field(8, ge=1)
@@ -46,10 +52,11 @@ class InferenceConfig(StrictModel):
 
 
 class VQAPredictor:
-    """Ray Data batch UDF: ``{"idx", "example"}`` rows -> adds ``"generation"`` (greedy answer)."""
+    """Ray Data batch UDF: ``{"idx", "example"}`` rows -> adds ``"generation"``: the greedy answer,
+    or under ``scoring="options"`` the most likely option."""
 
     def __init__(self, model_uri: str, media_root: str, max_new_tokens: int = 12, num_frames: int = 8,
-                 torch_threads: int | None = None, device: str = "auto"):
+                 torch_threads: int | None = None, device: str = "auto", scoring: str = "generate"):
         import torch
 
         from leaml.models.builders import load_model
@@ -61,22 +68,44 @@ class VQAPredictor:
         self.media_root = media_root
         self.max_new_tokens = max_new_tokens
         self.num_frames = num_frames
+        self.scoring = scoring
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from leaml.media import load_media
-        from leaml.models.batching import generate
         from leaml.prompts import vqa_prompt
 
         examples = [VQAExample.model_validate_json(s) for s in batch["example"]]
         media = [load_media(ex.media, num_frames=self.num_frames, root=self.media_root) for ex in examples]
         prompts = [vqa_prompt(ex.question, ex.options) for ex in examples]
-        outs = generate(self.model, self.processor, media, prompts, max_new_tokens=self.max_new_tokens)
-        return {**batch, "generation": np.array([o[0] for o in outs], dtype=object)}
+        answers: list[str | None] = [None] * len(examples)
+        if self.scoring == "options":
+            answers = self._most_likely_options(examples, media, prompts)
+        todo = [i for i, a in enumerate(answers) if a is None]
+        if todo:
+            from leaml.models.batching import generate
+
+            outs = generate(self.model, self.processor, [media[i] for i in todo], [prompts[i] for i in todo],
+                            max_new_tokens=self.max_new_tokens)
+            for i, o in zip(todo, outs, strict=True):
+                answers[i] = o[0]
+        return {**batch, "generation": np.array(answers, dtype=object)}
+
+    def _most_likely_options(self, examples: list[VQAExample], media: list, prompts: list[str]) -> list[str | None]:
+        from leaml.models.batching import score_options
+
+        with_options = [i for i, ex in enumerate(examples) if ex.options]
+        probs = score_options(self.model, self.processor, [media[i] for i in with_options],
+                              [prompts[i] for i in with_options], [examples[i].options for i in with_options])
+        answers: list[str | None] = [None] * len(examples)
+        for i, p in zip(with_options, probs, strict=True):
+            answers[i] = examples[i].options[int(np.argmax(p))]
+        return answers
 
 
 def run_inference(examples: list[VQAExample], model_uri: str, media_root: str,
                   cfg: InferenceConfig | None = None, desc: str = "evaluate") -> list[str]:
-    """Greedy generations for ``examples``, in the same order."""
+    """One answer per example, in the same order: greedy generations, or the most likely options
+    (``cfg.scoring``)."""
     cfg = cfg or InferenceConfig()
     rows = [{"idx": i, "example": ex.model_dump_json()} for i, ex in enumerate(examples)]
     if not rows:
@@ -89,7 +118,8 @@ def run_inference(examples: list[VQAExample], model_uri: str, media_root: str,
 def _run_local(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceConfig, desc: str) -> list[str]:
     from tqdm.auto import tqdm
 
-    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, _threads(cfg), cfg.device)
+    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, _threads(cfg), cfg.device,
+                             cfg.scoring)
     out: list[str] = []
     for start in tqdm(range(0, len(rows), cfg.batch_size), desc=desc, unit="batch"):
         chunk = rows[start:start + cfg.batch_size]
@@ -121,7 +151,8 @@ def _run_ray(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceCo
     ds = ray.data.from_items(rows).map_batches(
         VQAPredictor,
         fn_constructor_kwargs=dict(model_uri=model_uri, media_root=media_root, max_new_tokens=cfg.max_new_tokens,
-                                   num_frames=cfg.num_frames, torch_threads=threads, device=cfg.device),
+                                   num_frames=cfg.num_frames, torch_threads=threads, device=cfg.device,
+                                   scoring=cfg.scoring),
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.actor_cpus,

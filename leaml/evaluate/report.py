@@ -24,17 +24,17 @@ def _pct(x: float | None) -> str:
 
 
 def render_markdown(rows: list[dict], title: str, categories: list[str], notes: str = "") -> str:
-    head = ["Method", *[c.capitalize() for c in categories], "Average", "Overall", "n"]
+    head = ["Method", *[c.capitalize() for c in categories], "Average", "Overall", "No match", "n"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s = r["scores"]
         cells = [_pct(s["categories"].get(c, {}).get("accuracy")) for c in categories]
         lines.append(
             "| " + " | ".join([r["method"], *cells, _pct(s["mean_of_categories"]),
-                               _pct(s["overall"]), str(s["n"])]) + " |"
+                               _pct(s["overall"]), _pct(s.get("no_match_rate")), str(s["n"])]) + " |"
         )
     lines += ["", "Accuracy in %. Average = mean of the category accuracies (the paper's); "
-              "Overall = accuracy over all questions. A generation that matches no option counts as wrong."]
+              "Overall = accuracy over all questions. No match = answers that match no option; they count as wrong."]
     if notes:
         lines += ["", notes]
     return "\n".join(lines) + "\n"

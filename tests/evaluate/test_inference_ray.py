@@ -19,6 +19,10 @@ def test_ray_actor_pool_matches_local_loop(tiny_world, tiny_base):
         # two actors at half a CPU each on 2 cores: the read tasks still get scheduled (no hang)
         cfg = InferenceConfig(engine="ray", batch_size=8, num_actors=2, actor_cpus=0.5, max_new_tokens=6)
         remote = run_inference(examples, tiny_base, tiny_world, cfg)
+        options = cfg.model_copy(update={"scoring": "options"})
+        remote_options = run_inference(examples[:8], tiny_base, tiny_world, options)
     finally:
         ray.shutdown()
     assert remote == local and len(remote) == 20  # greedy decoding, same order as the input
+    local_options = run_inference(examples[:8], tiny_base, tiny_world, options.model_copy(update={"engine": "local"}))
+    assert remote_options == local_options and all(a in ex.options for a, ex in zip(remote_options, examples))
