@@ -6,6 +6,7 @@ same pairs. Train split only: nothing here looks at the test split.
 
     .venv/bin/python benchmarks/pseudo_quality.py --run runs/demo --items 128
     .venv/bin/python benchmarks/pseudo_quality.py --run runs/demo --variants leaml --threads 2
+    .venv/bin/python benchmarks/pseudo_quality.py --run runs/sport-demo --settings consistent
 
 A pseudo pair helps the VQA model only where it beats the prior: "acc" above "prior" is the margin.
 """
@@ -26,6 +27,8 @@ SETTINGS = [
     ("constrained, p>=0.5", {"decoding": "constrained", "filter": "threshold", "min_prob": 0.5}),
     ("constrained, top_p 0.5", {"decoding": "constrained", "filter": "none", "top_p": 0.5}),
     ("constrained, T 0.5", {"decoding": "constrained", "filter": "none", "temperature": 0.5}),
+    ("constrained, cons., qT 3", {"decoding": "constrained", "filter": "consistent", "question_temperature": 3.0}),
+    ("constrained, cons., qT 10", {"decoding": "constrained", "filter": "consistent", "question_temperature": 10.0}),
 ]
 
 
@@ -72,7 +75,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=128, help="first N unlabeled items")
     ap.add_argument("--variants", nargs="+", default=["baseline", "distill", "leaml"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settings", nargs="+", default=None,
+                    help="only the settings whose label contains one of these strings, e.g. 'qT' consistent")
     args = ap.parse_args()
+    settings = [s for s in SETTINGS if not args.settings or any(k in s[0] for k in args.settings)]
+    if not settings:
+        ap.error(f"no setting matches {args.settings}; labels: {[s[0] for s in SETTINGS]}")
 
     from leaml.records import MediaRef, load_records
 
@@ -83,7 +91,7 @@ def main() -> None:
     head = f"{'generator':<10}{'setting':<26}{'valid':>8}{'kept':>8}{'checked':>9}{'acc %':>8}{'prior %':>9}{'questions':>11}{'s':>6}"
     lines = [head, "-" * len(head)]
     for variant in args.variants:
-        for label, overrides in SETTINGS:
+        for label, overrides in settings:
             t0 = time.perf_counter()
             s = summarise(judge_setting(args.run, variant, overrides, items, known, args.threads), prior, truth)
             lines.append(f"{variant:<10}{label:<26}{s['valid']:>8}{s['kept']:>8}{s['checked']:>9}{100 * s['acc']:>8.1f}"

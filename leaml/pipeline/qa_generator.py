@@ -39,6 +39,11 @@ class QAGenConfig(StrictModel):
     among those of the labeled data by the generator's likelihood of writing it, then its answer
     among that question's options (guided decoding over a choice set, as vLLM's guided_choice), both
     with ``temperature`` and ``top_p``: every candidate is a valid pair. Needs the known questions."""
+    question_temperature: float | None = Field(None, gt=0)
+    """Constrained decoding: the temperature of the question choice alone (None = ``temperature``).
+    A generator trained on a few labeled pairs puts nearly all its mass on one question (sport
+    demo: 1 of 10 questions in every kept pair), so its pseudo pairs teach one answer to every
+    question; above 1 this spreads the questions while answers keep ``temperature``."""
     num_frames: int = Field(8, ge=1)
     seed: int = 0
     filter: Literal["none", "consistent", "threshold"] = "consistent"
@@ -108,8 +113,9 @@ class QAGenerator:
         q_probs = score_options(self.model, self.processor, media, [qagen_prompt()] * len(media),
                                 [heads] * len(media), eos=False, reduce="sum")
         rngs = [np.random.default_rng(item_seed(self.cfg.seed, mid)) for mid in media_ids]
+        q_temperature = self.cfg.question_temperature or self.cfg.temperature
         drawn = [[questions[i] for i in rng.choice(len(questions), size=self.cfg.n,
-                                                   p=nucleus(p, self.cfg.top_p, self.cfg.temperature))]
+                                                   p=nucleus(p, self.cfg.top_p, q_temperature))]
                  for rng, p in zip(rngs, q_probs)]
         flat = [(i, q) for i, qs in enumerate(drawn) for q in dict.fromkeys(qs)]
         probs = self.option_probs([media[i] for i, _ in flat], [q for _, q in flat], [known[q] for _, q in flat])

@@ -96,3 +96,23 @@ def test_constrained_decoding_yields_only_valid_pairs_deterministically(tiny_bas
             assert row["scores"]["argmax"] in KNOWN[parse_qa_target(row["text"]).question]
     with pytest.raises(ValueError, match="known_templates is required"):
         QARequester({"local": {}}, cfg, None)
+
+
+def test_question_temperature_moves_the_question_choice_only(tiny_base, tiny_world):
+    from leaml.media import load_media
+    from leaml.pipeline.qa_generator import QAGenerator
+
+    refs = load_records(f"{tiny_world}/unlabeled.jsonl", MediaRef)[:6]
+    media = [load_media(r, root=tiny_world) for r in refs]
+
+    def draw(**settings):
+        cfg = QAGenConfig(model=tiny_base, n=4, decoding="constrained", top_p=1.0, **settings)
+        return QAGenerator(cfg).sample_constrained(media, [r.id for r in refs], KNOWN)
+
+    default, same, flat = draw(), draw(question_temperature=1.0), draw(question_temperature=1e6)
+    assert same == default  # None falls back to `temperature`
+    questions = [parse_qa_target(t).question for item in flat for t in item["texts"]]
+    assert set(questions) == set(KNOWN)  # ~uniform over the questions: 24 draws cover both
+    for d, f in zip(default, flat):  # answers are scored the same whichever questions were drawn
+        for q in d["option_probs"].keys() & f["option_probs"].keys():
+            assert np.allclose(d["option_probs"][q], f["option_probs"][q])
