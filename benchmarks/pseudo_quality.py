@@ -6,7 +6,7 @@ same pairs. Train split only: nothing here looks at the test split.
 
     .venv/bin/python benchmarks/pseudo_quality.py --run runs/demo --items 128
     .venv/bin/python benchmarks/pseudo_quality.py --run runs/demo --variants leaml --threads 2
-    .venv/bin/python benchmarks/pseudo_quality.py --run runs/sport-demo --settings consistent
+    .venv/bin/python benchmarks/pseudo_quality.py --run runs/sport-demo --settings "constrained, consistent" qT
 
 A pseudo pair helps the VQA model only where it beats the prior: "acc" above "prior" is the margin.
 """
