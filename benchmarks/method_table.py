@@ -34,8 +34,8 @@ def run_seed(config: str, out: str, seed: int, extra: list[str]) -> dict[str, di
                  *(f"generators.{v}.seed={seed}" for v in ("baseline", "distill", "leaml")), *extra]
     cfg = load_config(PipelineConfig, config, overrides)
     run_pipeline(cfg)
-    rows_dir = storage.join(Run(cfg).eval_dir, "rows")
-    return {r: json.loads(storage.read_text(storage.join(rows_dir, f"{r}.json")))["scores"] for r in cfg.rows}
+    run = Run(cfg)
+    return {r: json.loads(storage.read_text(run.eval_row(r)))["scores"] for r in cfg.rows}
 
 
 def summarise(per_seed: list[dict[str, dict]]) -> list[str]:

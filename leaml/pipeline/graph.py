@@ -67,6 +67,9 @@ class Run:
         scoring = self.cfg.evaluation.scoring
         return self.path("eval" if scoring == "generate" else f"eval-{scoring}")
 
+    def eval_row(self, row: str) -> str:
+        return storage.join(self.eval_dir, "rows", f"{row}.json")
+
     def model_uri(self, role: str) -> str:
         return json.loads(storage.read_text(self.path("models", f"{role}.json")))["uri"]
 
@@ -236,7 +239,7 @@ def row_model(run: Run, row: str) -> str:
 def stage_eval_row(run: Run, row: str) -> Stage:
     from leaml.evaluate.stage import EvalConfig, ModelUnderTest, evaluate_model, load_split
 
-    out = storage.join(run.eval_dir, "rows", f"{row}.json")
+    out = run.eval_row(row)
 
     def go():
         cfg = EvalConfig(data_dir=run.data, models=[ModelUnderTest(name=ROW_TITLES[row], uri=row_model(run, row))],
@@ -279,7 +282,7 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, report: boo
     stages = [s for s in plan(run) if not only or any(s.name.startswith(o) for o in only)]
     for stage in stages:
         run_stage(stage)
-    if not report or not all(storage.exists(storage.join(run.eval_dir, "rows", f"{r}.json")) for r in cfg.rows):
+    if not report or not all(storage.exists(run.eval_row(r)) for r in cfg.rows):
         return {}
     paths = write_run_report(run, time.perf_counter() - t0)
     print(storage.read_text(paths["md"]), flush=True)
@@ -290,7 +293,7 @@ def write_run_report(run: Run, seconds: float) -> dict[str, str]:
     from leaml.evaluate.report import write_report
     from leaml.evaluate.stage import REPORT_CATEGORIES
 
-    rows = [json.loads(storage.read_text(storage.join(run.eval_dir, "rows", f"{r}.json"))) for r in run.cfg.rows]
+    rows = [json.loads(storage.read_text(run.eval_row(r))) for r in run.cfg.rows]
     pseudo = {v: json.loads(storage.read_text(run.path("pseudo_qa", v, "_SUCCESS.json")))
               for v in GENERATOR_ROWS if storage.exists(run.path("pseudo_qa", v, "_SUCCESS.json"))}
     world_uri = storage.join(run.data, "world.json")  # absent for a converted real dataset

@@ -41,9 +41,9 @@ class QAGenConfig(StrictModel):
     with ``temperature`` and ``top_p``: every candidate is a valid pair. Needs the known questions."""
     question_temperature: float | None = Field(None, gt=0)
     """Constrained decoding: the temperature of the question choice alone (None = ``temperature``).
-    A generator trained on a few labeled pairs puts nearly all its mass on one question (sport
-    demo: 1 of 10 questions in every kept pair), so its pseudo pairs teach one answer to every
-    question; above 1 this spreads the questions while answers keep ``temperature``."""
+    A generator trained on a few labeled pairs puts nearly all its mass on one question (sport demo:
+    88-100% of the kept pairs ask one of the 10 questions), so its pseudo pairs teach one answer to
+    every question; above 1 this spreads the questions while answers keep ``temperature``."""
     num_frames: int = Field(8, ge=1)
     seed: int = 0
     filter: Literal["none", "consistent", "threshold"] = "consistent"
