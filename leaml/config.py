@@ -47,6 +47,16 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def split_overrides(names: list[str] | None, overrides: list[str]) -> tuple[list[str] | None, list[str]]:
+    """(names, overrides) with every ``key=value`` among ``names`` moved to the overrides: an
+    ``nargs="*"`` option such as ``--stages caption run_dir=/x`` swallows what follows it, and no
+    name contains ``=``. Names left empty become None (= no selection)."""
+    names = names or []
+    moved = [t for t in names if "=" in t]
+    kept = [t for t in names if "=" not in t]
+    return kept or None, [*overrides, *moved]
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for k, v in update.items():

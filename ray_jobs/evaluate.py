@@ -1,6 +1,6 @@
 """Multiple-choice evaluation of one or more checkpoints on a split (Ray Data batch inference).
 
-    ray job submit --working-dir . -- python -m ray_jobs.evaluate --config eval.yaml
+    ray job submit --working-dir . -- python -m ray_jobs.evaluate --config eval.yaml out_dir=s3://bucket/eval/a
 """
 import sys
 

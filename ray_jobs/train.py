@@ -1,6 +1,7 @@
 """One training job (QA generator, VQA model, a baseline or base pretraining) on Ray Train.
 
-    ray job submit --working-dir . -- python -m ray_jobs.train --config job.yaml train.scaling.num_workers=2
+    ray job submit --working-dir . -- python -m ray_jobs.train --config job.yaml train.scaling.num_workers=2 \
+        out_dir=s3://bucket/models/vqa-a
 """
 import sys
 

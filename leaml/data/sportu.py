@@ -6,11 +6,20 @@ the clips, flat or in per-sport sub-folders, named by id with any of .mp4/.mov/.
 
 Output: one :class:`VQAExample` per entry with a video ``MediaRef``: options in letter order
 (integer values become strings), the answer letter resolved to its option text,
-``category`` = difficulty, and ``meta`` = sport (the id without its trailing ``_<number>`` parts),
-answer letter and the original id. The split is by video (:func:`split_by_media`).
+``category`` = difficulty, and ``meta`` = sport (the id without its trailing ``_<number>`` parts,
+lower case: the ids spell ``Basketball`` and ``basketball``), scene, answer letter and the original
+id.
 
-An entry whose video is missing or whose options are unusable is not a crash: it is appended to
-``errors`` as an :class:`ErrorRecord` (and counted in a log warning), so inputs = outputs + errors.
+Every entry is validated (the fields below present, 2+ distinct non-empty options under single
+letters, the answer one of them, the difficulty easy / medium / hard, the clip found). An entry that
+fails is not a crash: it is appended to ``errors`` as an :class:`ErrorRecord` (and counted in a
+log warning), so inputs = outputs + errors. A file in another schema (not a list of objects, or no
+object with the expected fields) is a :class:`SchemaError` naming the fields it expected, and a load
+that yields no example at all raises too: it never returns ``[]``.
+
+Scenes: ``soccer_260_1`` and ``soccer_260_2`` are two camera angles of one play (:func:`scene_of`),
+so the split is by scene (``meta.scene``), never by clip, or the test split would show plays
+the model trained on.
 """
 from __future__ import annotations
 
@@ -28,7 +37,16 @@ from leaml.records import ErrorRecord, MediaRef, VQAExample
 log = logging.getLogger(__name__)
 
 STAGE = "load_sportu"
+FIELDS = ("id", "question", "options", "answer", "difficulty level")
+LEVELS = ("easy", "medium", "hard")
+PAPER = {"benchmark": "SPORTU", "table": "Table 2", "categories": list(LEVELS), "gap_closure": 0.34}
+"""What the report compares a SPORTU run with: Table 2's three levels and the paper's gap closure."""
 _TRAILING_NUMBERS = re.compile(r"(_\d+)+$")
+_SCENE = re.compile(r"^(.*?_\d+)(?:_\d+)*$")
+
+
+class SchemaError(ValueError):
+    """The file is not in the SportU_Video_mc.json schema."""
 
 
 def load_sportu(
@@ -39,10 +57,16 @@ def load_sportu(
     seed: int = 0,
     errors: list[ErrorRecord] | None = None,
 ) -> list[VQAExample]:
-    """Read the MC file and index the videos; return split examples, report the rest to ``errors``."""
-    entries = json.loads(storage.read_text(json_path))
+    """Read the MC file and index the videos; return examples split by scene, report the rest to
+    ``errors``."""
+    examples = read_examples(json_path, video_dir, errors if errors is not None else [])
+    return split_by_media(examples, test_fraction=test_fraction, seed=seed, group=lambda e: e.meta["scene"])
+
+
+def read_examples(json_path: str, video_dir: str, errors: list[ErrorRecord]) -> list[VQAExample]:
+    """Every valid entry as an unsplit example; each invalid one appended to ``errors``."""
+    entries = check_schema(json.loads(storage.read_text(json_path)), json_path)
     videos = index_videos(video_dir)
-    errors = errors if errors is not None else []
     before = len(errors)
     seen: Counter[str] = Counter()
     examples = []
@@ -55,14 +79,39 @@ def load_sportu(
             errors.append(
                 ErrorRecord(media_id=entry_id or "?", uri=video_dir, stage=STAGE, reason=_reason(e))
             )
+    if not examples:
+        raise ValueError(f"no usable SPORTU entry: all {len(entries)} in {json_path} failed "
+                         f"(first: {errors[before].reason}); videos looked for under {video_dir} "
+                         f"({len(videos)} found)")
     if len(errors) > before:
         log.warning("SPORTU: %d of %d entries skipped (see errors)", len(errors) - before, len(entries))
-    return split_by_media(examples, test_fraction=test_fraction, seed=seed)
+    return examples
+
+
+def check_schema(data: object, source: str) -> list:
+    """``data`` if it is a list of objects of which at least one has every field of :data:`FIELDS`;
+    else a :class:`SchemaError` that names them and what the file holds instead."""
+    if not isinstance(data, list) or not data:
+        shape = f"an object with keys {sorted(data)[:10]}" if isinstance(data, dict) else type(data).__name__
+        raise SchemaError(f"{source}: expected a non-empty JSON list of entries with the fields {list(FIELDS)} "
+                          f"(SportU_Video_mc.json); got {shape}")
+    if not any(isinstance(e, dict) and all(f in e for f in FIELDS) for e in data):
+        first = sorted(data[0]) if isinstance(data[0], dict) else type(data[0]).__name__
+        raise SchemaError(f"{source}: no entry has all the fields {list(FIELDS)} of SportU_Video_mc.json; "
+                          f"the first entry has {first}")
+    return data
 
 
 def sport_of(entry_id: str) -> str:
-    """``"american_football_12_1"`` -> ``"american_football"``; ``"Basketball_85"`` -> ``"Basketball"``."""
-    return _TRAILING_NUMBERS.sub("", entry_id) or entry_id
+    """``"american_football_12_1"`` -> ``"american_football"``; ``"Basketball_85"`` -> ``"basketball"``."""
+    return (_TRAILING_NUMBERS.sub("", entry_id) or entry_id).lower()
+
+
+def scene_of(entry_id: str) -> str:
+    """The play a clip shows: ``"soccer_260_2"`` (angle 2) -> ``"soccer_260"``;
+    ``"American_Football_12_1"`` -> ``"american_football_12"``; ``"Basketball_85"`` -> ``"basketball_85"``."""
+    m = _SCENE.match(entry_id)
+    return (m.group(1) if m else entry_id).lower()
 
 
 def index_videos(video_dir: str) -> dict[str, str]:
@@ -99,10 +148,12 @@ def _example(entry: dict, example_id: str, videos: dict[str, str]) -> VQAExample
     if found is None:
         raise KeyError(f"no video named {entry_id}{{{','.join(VIDEO_SUFFIXES)}}}")
     video_id, uri = found
-    letters = sorted(entry["options"])
+    letters = _letters(entry["options"])
     options = [_option_text(entry["options"][k]) for k in letters]
     letter = _answer_letter(entry["answer"], letters, options)
-    difficulty = str(entry.get("difficulty level", entry.get("difficulty", "unknown"))).strip().lower()
+    difficulty = str(entry["difficulty level"]).strip().lower()
+    if difficulty not in LEVELS:
+        raise ValueError(f"difficulty level {entry['difficulty level']!r} is none of {list(LEVELS)}")
     return VQAExample(
         id=example_id,
         media=MediaRef(id=video_id, uri=uri, kind="video"),
@@ -110,9 +161,17 @@ def _example(entry: dict, example_id: str, videos: dict[str, str]) -> VQAExample
         options=options,
         answer=options[letters.index(letter)],
         category=difficulty,
-        meta={"dataset": "sportu", "sport": sport_of(entry_id), "answer_letter": letter,
-              "sportu_id": entry_id},
+        meta={"dataset": "sportu", "sport": sport_of(entry_id), "scene": scene_of(entry_id),
+              "answer_letter": letter, "sportu_id": entry_id},
     )
+
+
+def _letters(options: object) -> list[str]:
+    if not isinstance(options, dict) or len(options) < 2:
+        raise ValueError(f"options must be an object of 2+ lettered choices, got {options!r}")
+    if any(not (isinstance(k, str) and len(k) == 1 and k.isalpha() and k.isupper()) for k in options):
+        raise ValueError(f"option keys must be single capital letters, got {sorted(map(str, options))}")
+    return sorted(options)
 
 
 def _option_text(value: object) -> str:

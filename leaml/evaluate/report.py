@@ -3,7 +3,10 @@
 ``report.png`` (per-category accuracy per method as grouped bars), local or ``s3://``.
 
 "Average" is the mean of the category accuracies, as in the paper's tables; "Overall" is the
-accuracy over all questions. Both are printed, and labelled.
+accuracy over all questions. Both are printed, and labelled. For a real benchmark the Average is
+over the paper's columns only (``average_over``: Kvasir-VQA's four findings, without normal /
+other; SPORTU's three levels); the other categories are still shown, and each row keeps the mean
+over every category as ``mean_of_all_categories``.
 """
 from __future__ import annotations
 
@@ -15,15 +18,29 @@ from leaml import storage
 
 def category_order(rows: list[dict], preferred: list[str] | None = None) -> list[str]:
     seen = sorted({c for r in rows for c in r["scores"]["categories"]})
-    first = [c for c in (preferred or []) if c in seen]
+    first = list(dict.fromkeys(c for c in (preferred or []) if c in seen))
     return first + [c for c in seen if c not in first]
+
+
+def restrict_average(rows: list[dict], categories: list[str]) -> list[dict]:
+    """Rows whose ``mean_of_categories`` is the mean over ``categories`` (those a row has); the
+    mean over all of its categories moves to ``mean_of_all_categories``."""
+    out = []
+    for r in rows:
+        s = r["scores"]
+        accs = [s["categories"][c]["accuracy"] for c in categories if c in s["categories"]]
+        all_mean = s.get("mean_of_all_categories", s["mean_of_categories"])
+        scores = s | {"mean_of_categories": sum(accs) / len(accs) if accs else 0.0, "mean_of_all_categories": all_mean}
+        out.append(r | {"scores": scores})
+    return out
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def render_markdown(rows: list[dict], title: str, categories: list[str], notes: str = "") -> str:
+def render_markdown(rows: list[dict], title: str, categories: list[str], notes: str = "",
+                    average_over: list[str] | None = None) -> str:
     head = ["Method", *[c.capitalize() for c in categories], "Average", "Overall", "No match", "n"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -33,7 +50,9 @@ def render_markdown(rows: list[dict], title: str, categories: list[str], notes: 
             "| " + " | ".join([r["method"], *cells, _pct(s["mean_of_categories"]),
                                _pct(s["overall"]), _pct(s.get("no_match_rate")), str(s["n"])]) + " |"
         )
-    lines += ["", "Accuracy in %. Average = mean of the category accuracies (the paper's); "
+    average = (f"mean of {', '.join(average_over)} (the paper's columns; other categories are not averaged)"
+               if average_over else "mean of the category accuracies (the paper's)")
+    lines += ["", f"Accuracy in %. Average = {average}; "
               "Overall = accuracy over all questions. No match = answers that match no option; they count as wrong."]
     if notes:
         lines += ["", notes]
@@ -69,12 +88,16 @@ def render_png(rows: list[dict], title: str, categories: list[str]) -> bytes:
 
 
 def write_report(out_dir: str, rows: list[dict], title: str, preferred_categories: list[str] | None = None,
-                 meta: dict | None = None, notes: str = "") -> dict[str, str]:
-    """Write report.json / report.md / report.png under ``out_dir``; returns their URIs."""
+                 meta: dict | None = None, notes: str = "", average_over: list[str] | None = None) -> dict[str, str]:
+    """Write report.json / report.md / report.png under ``out_dir``; returns their URIs.
+    ``average_over``: the categories the Average is the mean of (None: all)."""
+    if average_over:
+        rows = restrict_average(rows, average_over)
+        preferred_categories = [*average_over, *(preferred_categories or [])]
     cats = category_order(rows, preferred_categories)
     paths = {k: storage.join(out_dir, f"report.{k}") for k in ("json", "md", "png")}
-    doc = {"title": title, "categories": cats, "rows": rows, "meta": meta or {}}
+    doc = {"title": title, "categories": cats, "average_over": average_over or cats, "rows": rows, "meta": meta or {}}
     storage.write_text(paths["json"], json.dumps(doc, indent=2))
-    storage.write_text(paths["md"], render_markdown(rows, title, cats, notes))
+    storage.write_text(paths["md"], render_markdown(rows, title, cats, notes, average_over))
     storage.write_bytes(paths["png"], render_png(rows, title, cats))
     return paths

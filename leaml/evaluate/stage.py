@@ -50,10 +50,14 @@ def evaluate_model(examples: list[VQAExample], model: ModelUnderTest, cfg: EvalC
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, str]:
     """Evaluate every model; returns the report paths."""
+    from leaml.data.dataset_dir import load_dataset_info
+
     examples = load_split(cfg.data_dir, cfg.split, cfg.limit)
     rows = [evaluate_model(examples, m, cfg) for m in cfg.models]
+    info = load_dataset_info(cfg.data_dir)
     return write_report(cfg.out_dir, rows, cfg.title, REPORT_CATEGORIES,
-                        meta={"split": cfg.split, "n_examples": len(examples)})
+                        meta={"split": cfg.split, "n_examples": len(examples), "dataset": info.title},
+                        average_over=info.average_over)
 
 
 def _slug(name: str) -> str:

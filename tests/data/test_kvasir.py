@@ -182,8 +182,11 @@ def test_bad_inputs_say_what_is_wrong(tmp_path):
     rows = [{"image": {"bytes": b"not an image", "path": None}, "source": "", "question": ABN,
              "answer": "none", "img_id": "x"}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match="'x' is not an image"):
-        load_kvasir(str(tmp_path / "bad.parquet"), str(tmp_path / "m"))
+    errors = []
+    reason = r"no usable Kvasir-VQA rows .*\(1 read, 1 bad; first: bad_image: image 'x'"
+    with pytest.raises(ValueError, match=reason):
+        load_kvasir(str(tmp_path / "bad.parquet"), str(tmp_path / "m"), errors=errors)
+    assert [e.reason.split(":")[0] for e in errors] == ["bad_image"]
 
 
 @pytest.mark.parametrize("question, key", [

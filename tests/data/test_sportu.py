@@ -67,17 +67,20 @@ def test_entries_become_the_expected_multiple_choice_examples(sportu):
     assert _summary(examples) == [
         ("sportu/soccer_1/q0", "soccer_1", "soccer_1.mp4", "video", FOUL,
          ["elbow foul", "offside foul", "push foul", "kick foul"], "push foul", "hard",
-         {"dataset": "sportu", "sport": "soccer", "answer_letter": "C", "sportu_id": "soccer_1"}),
+         {"dataset": "sportu", "sport": "soccer", "scene": "soccer_1", "answer_letter": "C",
+          "sportu_id": "soccer_1"}),
         ("sportu/soccer_1/q1", "soccer_1", "soccer_1.mp4", "video", "How many players fall down?",
          ["1", "2", "3", "4"], "2", "easy",
-         {"dataset": "sportu", "sport": "soccer", "answer_letter": "B", "sportu_id": "soccer_1"}),
+         {"dataset": "sportu", "sport": "soccer", "scene": "soccer_1", "answer_letter": "B",
+          "sportu_id": "soccer_1"}),
         ("sportu/Basketball_85/q0", "Basketball_85", "Basketball_85.mov", "video", "Which team scores?",
          ["home", "away", "neither", "both"], "both", "medium",
-         {"dataset": "sportu", "sport": "Basketball", "answer_letter": "D", "sportu_id": "Basketball_85"}),
+         {"dataset": "sportu", "sport": "basketball", "scene": "basketball_85", "answer_letter": "D",
+          "sportu_id": "Basketball_85"}),
         ("sportu/american_football_12_1/q0", "american_football_12", "american_football_12.MP4", "video",
          "What happens to the pass?", ["caught", "dropped", "intercepted", "no pass"], "dropped", "hard",
-         {"dataset": "sportu", "sport": "american_football", "answer_letter": "B",
-          "sportu_id": "american_football_12_1"}),
+         {"dataset": "sportu", "sport": "american_football", "scene": "american_football_12",
+          "answer_letter": "B", "sportu_id": "american_football_12_1"}),
     ]
     assert [(e.media_id, e.stage, e.reason.split(":")[0]) for e in errors] == [
         ("volleyball_3", "load_sportu", "missing"),
@@ -107,7 +110,8 @@ def test_the_referenced_clips_decode(sportu):
 def test_a_missing_video_dir_reports_every_entry(tmp_path, sportu):
     json_path, _ = sportu
     errors: list[ErrorRecord] = []
-    assert load_sportu(str(json_path), str(tmp_path / "nowhere"), errors=errors) == []
+    with pytest.raises(ValueError, match="no usable SPORTU entry: all 7"):
+        load_sportu(str(json_path), str(tmp_path / "nowhere"), errors=errors)
     assert len(errors) == len(ENTRIES)
 
 
@@ -121,7 +125,7 @@ def test_json_and_videos_on_s3(s3_bucket, sportu):
 
 
 @pytest.mark.parametrize("entry_id, sport", [
-    ("soccer_1", "soccer"), ("Basketball_85", "Basketball"), ("american_football_12_1", "american_football"),
+    ("soccer_1", "soccer"), ("Basketball_85", "basketball"), ("american_football_12_1", "american_football"),
     ("ice_hockey_7", "ice_hockey"), ("badminton", "badminton"),
 ])
 def test_sport_is_the_id_prefix(entry_id, sport):
