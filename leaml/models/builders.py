@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from leaml import storage
+from leaml.train.config import MediaCaps  # noqa: F401 - re-exported: the caps live with the settings
 from leaml.models.tokenizer import LLAVA_IMAGE_TOKEN, chat_template, train_tokenizer
 
 Arch = Literal["qwen2_5_vl", "llava"]
@@ -106,6 +107,45 @@ class ModelSpec(BaseModel):
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         return self
+
+
+class MediaCapError(ValueError):
+    """One item exceeds a media cap; the message names the item, the count, the cap and the setting."""
+
+
+def apply_media_caps(processor: ProcessorMixin, caps: MediaCaps | None) -> ProcessorMixin:
+    """Set the caps on a Qwen2-VL-style image processor (in place; returns it). Processors without a
+    pixel budget (LLaVA's fixed-size CLIP) are returned unchanged: their token count is fixed."""
+    ip = getattr(processor, "image_processor", None)
+    size = getattr(ip, "size", None)
+    if caps is None or size is None or _get(size, "longest_edge") is None:
+        return processor
+    size = dict(size) if isinstance(size, dict) else size  # a plain dict or transformers' SizeDict
+    if caps.max_pixels is not None:
+        size["longest_edge"] = caps.max_pixels
+    if caps.min_pixels is not None:
+        size["shortest_edge"] = min(caps.min_pixels, size["longest_edge"])
+    ip.size = size
+    for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        if getattr(ip, key, None) is not None:  # transformers < 5 reads these attributes instead
+            setattr(ip, key, size[edge])
+    return processor
+
+
+def _get(size, key: str):
+    try:
+        return size[key]
+    except (KeyError, TypeError):
+        return None
+
+
+def check_item_tokens(item_id: str, n_text_tokens: int, caps: MediaCaps) -> None:
+    """Refuse one item whose text would exceed the cap (pixels are capped by resizing instead)."""
+    if n_text_tokens > caps.max_text_tokens:
+        raise MediaCapError(
+            f"item {item_id!r}: {n_text_tokens} text tokens, above media.max_text_tokens="
+            f"{caps.max_text_tokens}; shorten the item or raise media.max_text_tokens (the memory "
+            "plan sizes activations by it: re-run `leaml plan`)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,15 +366,15 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(
-    uri: str, dtype: str = "float32", device: str = "cpu"
+    uri: str, dtype: str = "float32", device: str = "cpu", caps: MediaCaps | None = None
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Load a saved model (local dir, ``s3://`` prefix) or a hub id, in eval mode, on ``device``
-    (``cpu``, ``cuda``, ``cuda:1``, or ``auto``)."""
+    (``cpu``, ``cuda``, ``cuda:1``, or ``auto``); ``caps`` bound the processor's pixels per frame."""
     device = resolve_device(device)
     local = storage.local_path(uri)
     source = str(local) if local.exists() else uri  # not a local path: a hub id
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[dtype]).to(device).eval()
-    processor = _load_processor(source, model.config.model_type)
+    processor = apply_media_caps(_load_processor(source, model.config.model_type), caps)
     info_file = local / INFO_FILE
     info = json.loads(info_file.read_text()) if info_file.exists() else {"preset": None}
     setattr(model, INFO_ATTR, {**info, "arch": model.config.model_type, "source": uri})

@@ -59,34 +59,52 @@ def accumulate_importance(model: nn.Module, batches: Iterable[Any],
 
     ``loss_fn(model, batch) -> (batch-mean loss, n_examples)``; ``params`` maps names to the model's
     parameters (e.g. ``{n: m.weight for n, m in eligible_linears(model).items()}``). Returns float32
-    scores under the same names. Runs in eval mode (no dropout noise in the scores); leaves ``.grad``,
-    ``requires_grad`` flags, the train/eval mode and the weights as they were.
+    scores under the same names, on the parameters' device. Runs in eval mode (no dropout noise in the
+    scores); leaves ``.grad``, ``requires_grad`` flags, the train/eval mode and the weights as they were.
+
+    Per layer: each parameter's gradient is added to its float32 sum from a post-accumulate hook as
+    soon as backward has formed it, then dropped, so at most about one layer's gradient is alive
+    beside the sums (not a second full-size copy of every scored weight, as ``autograd.grad`` would
+    return them).
     """
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-    n_total = 0
+    n_total, weight = 0, [0.0]
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    stashed = {n: p.grad for n, p in params.items()}
+    handles = []
     try:
         model.eval()
         targets = {id(p) for p in params.values()}  # by identity: tensor == is elementwise
         for p, _ in flags:  # grads only where scored: the rest of the backward pass is skipped
             p.requires_grad_(id(p) in targets)
-        names, tensors = list(params), list(params.values())
+        for n, p in params.items():
+            p.grad = None
+            handles.append(p.register_post_accumulate_grad_hook(_adder(sums[n], weight)))
         for batch in batches:
             loss, n = loss_fn(model, batch)
-            # autograd.grad returns the gradients instead of accumulating into .grad
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            for name, g in zip(names, grads):
-                if g is not None:  # an unused parameter has zero gradient
-                    sums[name].add_(g.float(), alpha=float(n))  # batch mean * n = batch sum
+            weight[0] = float(n)  # batch mean * n = batch sum
+            loss.backward()
             n_total += int(n)
     finally:
+        for h in handles:
+            h.remove()
+        for n, p in params.items():
+            p.grad = stashed[n]
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
     if n_total == 0:
         raise ValueError("accumulate_importance got no examples")
     return {n: s.div_(n_total).abs_() for n, s in sums.items()}
+
+
+def _adder(total: torch.Tensor, weight: list[float]):
+    def hook(p: torch.Tensor) -> None:
+        total.add_(p.grad.float(), alpha=weight[0])
+        p.grad = None  # this layer's gradient is no longer needed: free it before the next one forms
+
+    return hook
 
 
 def resolve_k(k: K, row_width: int) -> int:

@@ -189,3 +189,36 @@ def test_sparse_params_under_two_rank_ddp_match_dense_full_batch(tmp_path):
     # DDP averages the two half-batch gradients, which is the full-batch gradient of a mean loss
     torch.multiprocessing.spawn(_ddp_train, args=(2, tmp_path / "store", tmp_path / "state.pt"), nprocs=2)
     _assert_matches_dense(torch.load(tmp_path / "state.pt"))
+
+
+def test_ddp_never_sends_the_sparse_index(tmp_path, monkeypatch):
+    """Under DDP's default arguments (what ``ray.train.torch.prepare_model`` passes) the index buffers
+    are neither in DDP's buffer list nor in what it broadcasts before a forward; other buffers are."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this test session")
+    sent: list[torch.Tensor] = []
+    real = dist._broadcast_coalesced
+
+    def recording(group, tensors, *args, **kwargs):
+        sent.extend(tensors)
+        return real(group, tensors, *args, **kwargs)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model, masks, data = _setup(1)
+        model.register_buffer("scale", torch.ones(1))  # a buffer DDP must still keep in sync
+        opt = torch.optim.AdamW(install_sparse_params(model, masks), lr=LR)
+        index = [model.get_submodule(n).sparse_index for n in masks]
+        monkeypatch.setattr(dist, "_broadcast_coalesced", recording)
+        ddp = DDP(model)
+        assert ddp.will_sync_module_buffers()  # forward sync is on, as by default
+        _train(ddp, opt, data[:2])
+    finally:
+        dist.destroy_process_group()
+    assert any(t is model.scale for t in ddp.modules_buffers)
+    assert not any(t is i for t in ddp.modules_buffers for i in index)
+    assert any(t is model.scale for t in sent) and not any(t is i for t in sent for i in index)
+    assert "sparse_index" not in "".join(model.state_dict())  # non-persistent: not saved with the model
