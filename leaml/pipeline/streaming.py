@@ -10,12 +10,20 @@ error), so for every shard: inputs = items with outputs + errors, always.
 Engines: ``ray`` streams rows through Ray Data into an actor pool of the UDF (which, for the
 captioner and the QA generator, forwards each batch to a Ray Serve deployment through its
 handle); ``local`` runs the same UDF in this process.
+
+No poison pills: a UDF sends its batch to the model through :func:`call_isolating`. A failure of
+the model *server* (the replica died, the deployment is unavailable) is retried with backoff
+while Serve replaces the replica; any other failure splits the batch in halves and retries each,
+down to the one item that fails, which becomes that item's error row while the rest are kept.
 """
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections import defaultdict
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -23,6 +31,19 @@ from pydantic import Field
 from leaml import storage
 from leaml.config import StrictModel
 from leaml.records import ErrorRecord
+
+log = logging.getLogger("leaml.pipeline.streaming")
+
+
+class RetrySettings(StrictModel):
+    """Retries of a batch whose model server failed (not the items): exponential backoff."""
+
+    attempts: int = Field(8, ge=1)
+    """Calls per batch before the stage fails (written shards stay; a re-run resumes)."""
+    backoff_s: float = Field(0.5, ge=0)
+    """First wait; doubled after each failure up to ``max_backoff_s``."""
+    max_backoff_s: float = Field(20.0, ge=0)
+    """Serve restarts a dead replica in seconds plus its model load: 8 attempts wait ~50 s in all."""
 
 
 class StreamConfig(StrictModel):
@@ -35,6 +56,68 @@ class StreamConfig(StrictModel):
     """Ray Data actors calling the deployment (they are light: the model lives in Serve)."""
     actor_cpus: float = Field(0.25, gt=0)
     """Fractional so that 2 cores never deadlock the read tasks."""
+    retry: RetrySettings = RetrySettings()
+    """When the model server fails mid-batch."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure isolation
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """The model refused this one item (its error row's reason)."""
+
+    reason: str
+
+
+def is_server_failure(e: BaseException) -> bool:
+    """True when the error says the model server went away, not that an item is bad."""
+    try:
+        from ray import exceptions as rex
+        from ray.serve import exceptions as sex
+    except ImportError:  # no Ray: every failure is the item's
+        return False
+    server = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, rex.NodeDiedError,
+              rex.LocalRayletDiedError, sex.BackPressureError, sex.DeploymentUnavailableError,
+              sex.ReplicaUnavailableError)
+    return isinstance(e, server)
+
+
+def call_isolating(fn: Callable[[list], Sequence], items: list, retry: RetrySettings | None = None,
+                   sleep: Callable[[float], None] = time.sleep) -> list:
+    """``fn(items)`` (one result per item) -> results, with an :class:`ItemFailure` in place of each
+    item the model refuses. A failing batch is bisected (a bad item costs 2 log2(n) extra calls);
+    server failures are retried as they are and, once ``retry.attempts`` are spent, raised."""
+    retry = retry or RetrySettings()
+    try:
+        out = _with_retries(fn, items, retry, sleep)
+    except Exception as e:  # noqa: BLE001 - classified below: the server's or an item's
+        if is_server_failure(e):
+            raise
+        if len(items) == 1:
+            return [ItemFailure(f"model: {type(e).__name__}: {str(e)[:500]}")]
+        log.warning("a batch of %d failed (%s); splitting it to isolate the item", len(items), type(e).__name__)
+        mid = len(items) // 2
+        return call_isolating(fn, items[:mid], retry, sleep) + call_isolating(fn, items[mid:], retry, sleep)
+    if len(out) != len(items):
+        raise RuntimeError(f"the model returned {len(out)} results for {len(items)} items")
+    return list(out)
+
+
+def _with_retries(fn, items: list, retry: RetrySettings, sleep) -> Sequence:
+    wait = retry.backoff_s
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            return fn(items)
+        except Exception as e:  # noqa: BLE001
+            if not is_server_failure(e) or attempt == retry.attempts:
+                raise
+            log.warning("model server failed (%s), attempt %d/%d; retrying in %.1fs",
+                        type(e).__name__, attempt, retry.attempts, wait)
+            sleep(wait)
+            wait = min(2 * wait if wait else retry.backoff_s, retry.max_backoff_s)
+    raise AssertionError("unreachable")
 
 
 def shard_name(k: int) -> str:

@@ -42,6 +42,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.datastructures import UploadFile
 
 from leaml.media import MediaError, MediaLimits, decode_image, decode_video, sniff_kind
+from leaml.models.limits import ModelInputError
 from leaml.serve.auth import ApiKeySource, ApiKeyStore
 from leaml.serve.metrics import LocalMetrics, Metrics, outcome_of
 
@@ -77,6 +78,9 @@ ERROR_STATUS: dict[str, int] = {
     "truncated": 422,  # an image whose data ends early
     "corrupt": 422,  # an image that fails to decode
     "bad_video": 422,  # a video that cannot be probed or decoded
+    "unsupported_aspect_ratio": 422,  # a frame too long and thin for the model's processor (Qwen2.5-VL: 200:1)
+    "too_many_tokens": 413,  # frames that need more tokens than the model's context holds
+    "model_rejected_input": 422,  # the model fails on this input alone while it answers others
     "not_ready": 503,  # the model is not loaded yet
     "internal": 500,  # a bug or model failure; never caused by input alone
 }
@@ -635,6 +639,8 @@ def create_app(
         t1 = time.perf_counter()
         try:
             pred = await predictor.predict(Query(frames=frames, question=question, options=options))
+        except ModelInputError as e:  # the input's fault, known before or isolated by the predictor
+            raise ApiError(e.code if e.code in ERROR_STATUS else "model_rejected_input", e.message) from None
         except Exception as e:  # noqa: BLE001 - logged by type and frames only: messages may quote input
             log.error("predictor failed id=%s error=%s\n%s", rec.request_id, type(e).__name__,
                       "".join(traceback.format_tb(e.__traceback__)))

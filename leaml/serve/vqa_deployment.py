@@ -3,8 +3,10 @@
 - :class:`VQAPredictor` (plain class, no Ray): a model + processor behind the
   :class:`~leaml.serve.vqa_app.Predictor` protocol. ``predict_batch`` answers a list of queries:
   those with options by ``score_options`` (answer = the highest-scoring option), the others by
-  greedy ``generate``. A batch that fails is retried one query at a time, so one bad query cannot
-  fail its neighbours.
+  greedy ``generate``. Each query is first checked against the backbone's processor limits
+  (:mod:`leaml.models.limits`); a batch that fails is retried one query at a time, so one bad
+  query cannot fail its neighbours, and a query that fails alone while the model still answers
+  its warm-up query is the input's fault: ``ModelInputError("model_rejected_input")``, a 422.
 - :class:`BatchedPredictor`: the same interface with ``@serve.batch`` dynamic batching, so
   concurrent requests on a replica share forward passes. Built inside the replica (``serve.batch``
   needs a replica context), from the batch size and wait time in the builder's args.
@@ -171,20 +173,52 @@ class VQAPredictor:
         return out  # type: ignore[return-value]
 
     def predict_many(self, queries: list[Query]) -> list[Prediction | Exception]:
-        """:meth:`predict_batch`, falling back to one query at a time if the batch fails."""
+        """:meth:`predict_batch` on the queries within the processor's limits, falling back to one
+        query at a time if the batch fails; an exception in place of each query that failed."""
+        from leaml.models.limits import ModelInputError, check_media, context_length
+
+        results: dict[int, Prediction | Exception] = {}
+        for i, q in enumerate(queries):
+            try:
+                check_media(self.processor, q.frames, context_length(self.model))
+            except ModelInputError as e:
+                results[i] = e
+        todo = [i for i in range(len(queries)) if i not in results]
+        results.update(zip(todo, self._predict_isolating([queries[i] for i in todo])))
+        return [results[i] for i in range(len(queries))]
+
+    def _predict_isolating(self, queries: list[Query]) -> list[Prediction | Exception]:
+        if not queries:
+            return []
         try:
             return self.predict_batch(queries)
         except Exception as e:  # noqa: BLE001 - isolate the failing query instead of failing all
             if len(queries) == 1:
-                return [e]
+                return [self._blame(e)]
             log.warning("batch of %d failed (%s); retrying one by one", len(queries), type(e).__name__)
         results: list[Prediction | Exception] = []
         for q in queries:
             try:
                 results.extend(self.predict_batch([q]))
             except Exception as e:  # noqa: BLE001
-                results.append(e)
+                results.append(self._blame(e))
         return results
+
+    def _blame(self, error: Exception) -> Exception:
+        """A query that failed alone: the input's fault (422) if the model still answers its warm-up
+        query, else the model's (500). The check costs one tiny forward, on failures only."""
+        from leaml.models.limits import ModelInputError
+
+        if isinstance(error, ModelInputError):
+            return error
+        try:
+            self.warmup()
+        except Exception:  # noqa: BLE001 - the model itself is broken (a sticky CUDA error, say):
+            self._ready = False  # readyz and Serve's health check fail, and Serve replaces the replica
+            log.error("the model fails its warm-up query; marking the replica unhealthy")
+            return error
+        log.warning("the model refused one input (%s); answered as model_rejected_input", type(error).__name__)
+        return ModelInputError("model_rejected_input", "the model cannot process this input")
 
     async def predict(self, query: Query) -> Prediction:
         """Unbatched: one query per forward pass, one at a time, off the event loop."""

@@ -465,5 +465,40 @@ def test_a_failing_query_does_not_fail_its_batch_neighbours():
     p = Poisoned(None, None, ModelCard(id="m", checkpoint_version="v"))
     img = Image.new("RGB", (8, 8))
     out = p.predict_many([Query([img], "a"), Query([img], "poison"), Query([img], "b")])
-    assert [o.answer if isinstance(o, Prediction) else type(o).__name__ for o in out] == ["A", "ValueError", "B"]
+    # the poison fails alone while the model still answers its warm-up: the input's fault
+    assert [o.answer if isinstance(o, Prediction) else o.code for o in out] == ["A", "model_rejected_input", "B"]
     assert p.predict_many([Query([img], "c"), Query([img], "d")])[0].batch_size == 2
+
+
+def _poisoned_predictor(broken: bool = False):
+    """A VQAPredictor whose model refuses the question "poison" (or, ``broken``, every query)."""
+    from leaml.serve.vqa_app import ModelCard, Prediction
+    from leaml.serve.vqa_deployment import VQAPredictor
+
+    class Poisoned(VQAPredictor):
+        def predict_batch(self, queries):
+            if broken or any(q.question == "poison" for q in queries):
+                raise RuntimeError("CUDA error" if broken else "index out of range in self")
+            return [Prediction(answer="yes", scores=[0.6, 0.4] if q.options else None) for q in queries]
+
+    p = Poisoned(None, None, ModelCard(id="m", checkpoint_version="v"))
+    p._ready = True
+    return p
+
+
+def test_an_input_the_model_refuses_is_a_422_with_a_stable_code(api_keys_env):
+    with TestClient(create_app(settings(), _poisoned_predictor())) as c:
+        assert_error(ask(c, png_bytes(), question="poison"), "model_rejected_input")
+        assert ask(c, png_bytes(), question="fine").json()["answer"] == "yes"
+    with TestClient(create_app(settings(), _poisoned_predictor(broken=True))) as c:
+        resp = ask(c, png_bytes(), question="fine")  # the model itself is broken: a server error
+        assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal"
+        assert c.get("/readyz").status_code == 503  # and the replica says so: Serve replaces it
+
+
+def test_processor_limits_are_refused_before_the_model_runs(api_keys_env, tiny_predictor):
+    with TestClient(create_app(settings(), tiny_predictor)) as c:
+        resp = ask(c, png_bytes(size=(1, 300)), question="Is there a polyp?", options=["yes", "no"])
+        assert_error(resp, "unsupported_aspect_ratio")
+        assert resp.status_code == 422 and "200:1" in resp.json()["error"]["message"]
+        assert ask(c, png_bytes(), question="Is there a polyp?", options=["yes", "no"]).status_code == 200

@@ -117,3 +117,130 @@ def test_captions_of_video_clips_train_on_frames(tmp_path):
             Caption(media_id="img-1", text="a polyp.", model="t", meta={"uri": "media/img-1.png"})]
     items = caption_items(caps, {}, str(tmp_path))
     assert [(it.media.uri, it.media.kind) for it in items] == [("media/clip-1.mp4", "video"), ("media/img-1.png", "image")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: no pickle, and keyed by the job's fingerprint
+
+
+class _Exploit:
+    """A pickle whose loading would run code: ``__reduce__`` -> os.system(touch <marker>)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _method_and_scheduler(tiny_base):
+    from leaml.train.config import TrainConfig
+    from leaml.train.methods import setup_method
+
+    model, processor = load_model(tiny_base)
+    method = setup_method(model, TrainConfig(method="full", lr=1e-3))
+    method.processor = processor
+    return method, torch.optim.lr_scheduler.LambdaLR(method.optimizer, lambda s: 1.0)
+
+
+def test_state_round_trips_without_pickle_and_crafted_pickles_are_refused(tiny_base, tmp_path):
+    import pickle
+
+    from safetensors import SafetensorError
+
+    from leaml.train.loop import LEGACY_STATE_FILE, STATE_JSON, STATE_TENSORS, _load_state, _save_state
+
+    method, sched = _method_and_scheduler(tiny_base)
+    p0 = next(method.model.parameters())
+    p0.grad = torch.ones_like(p0)
+    method.optimizer.step()  # optimizer state now holds tensors keyed by int
+    sched.step()
+    ckpt = tmp_path / "ckpt"
+    _save_state(ckpt, method, sched, {"step": 7, "loss": 1.5}, fingerprint="ab" * 8)
+    assert {STATE_JSON, STATE_TENSORS} <= {p.name for p in ckpt.iterdir()}
+    fresh, fresh_sched = _method_and_scheduler(tiny_base)
+    step, metrics = _load_state(ckpt, fresh, fresh_sched, fingerprint="ab" * 8)
+    assert (step, metrics["loss"]) == (7, 1.5) and fresh_sched.last_epoch == 1
+    assert torch.equal(next(fresh.model.parameters()), p0.detach())
+    a, b = method.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert torch.equal(a["state"][0]["exp_avg_sq"], b["state"][0]["exp_avg_sq"])
+    assert a["param_groups"][0]["betas"] == b["param_groups"][0]["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="belongs to job"):  # another job's state
+        _load_state(ckpt, fresh, fresh_sched, fingerprint="cd" * 8)
+
+    marker = tmp_path / "code-ran"
+    crafted = pickle.dumps({"step": 1, "trainable": _Exploit(marker)})
+    (ckpt / STATE_TENSORS).write_bytes(crafted)  # the new format: parsed as safetensors, never unpickled
+    with pytest.raises(SafetensorError):
+        _load_state(ckpt, fresh, fresh_sched)
+    legacy = tmp_path / "legacy"  # the old single-file format: weights_only=True refuses callables
+    legacy.mkdir()
+    (legacy / LEGACY_STATE_FILE).write_bytes(crafted)
+    with pytest.raises(pickle.UnpicklingError):
+        _load_state(legacy, fresh, fresh_sched)
+    assert not marker.exists(), "a crafted pickle ran code"
+
+
+def test_changed_job_never_resumes_an_old_checkpoint(tmp_path, tiny_world, tiny_base, capsys):
+    import shutil
+
+    labeled = tmp_path / "labeled.jsonl"
+    shutil.copy(f"{tiny_world}/labeled.jsonl", labeled)
+
+    def qa_job():
+        j = job(tiny_world, tiny_base, tmp_path / "out", steps=2, checkpoint_every=1)
+        return j.model_copy(update={"data": [j.data[0].model_copy(update={"uri": str(labeled)})]})
+
+    train_loop_per_worker(qa_job().model_dump())
+    capsys.readouterr()
+    train_loop_per_worker(qa_job().model_dump())
+    assert "resumed at step 2" in capsys.readouterr().out  # unchanged: picks up its finished checkpoint
+    lines = labeled.read_text().splitlines()
+    labeled.write_text("\n".join(lines[:-1]) + "\n")  # one labeled pair fewer: another job
+    metrics = train_loop_per_worker(qa_job().model_dump())
+    assert "resumed" not in capsys.readouterr().out
+    assert metrics["resumed_from"] == 0 and metrics["step"] == 2
+    roots = sorted(p.name for p in (tmp_path / "out.ckpt").iterdir())
+    assert len(roots) == 2 and all(len(r) == 64 for r in roots)  # one checkpoint folder per fingerprint
+
+
+def test_job_names_cannot_leave_the_storage_path(tiny_base, tmp_path):
+    from pydantic import ValidationError
+
+    for bad in ("../../etc", "/abs/path", "a/b", ".hidden", ""):
+        with pytest.raises(ValidationError):
+            TrainJob.model_validate({"name": bad, "init_model": tiny_base, "out_dir": str(tmp_path),
+                                     "data": [{"kind": "qa", "uri": "x.jsonl"}]})
+
+
+def test_job_fingerprint_ignores_scheduling_but_not_what_is_trained(tiny_world, tiny_base, tmp_path):
+    from leaml.pipeline.fingerprint import job_fingerprint
+
+    base = job(tiny_world, tiny_base, tmp_path / "a")
+
+    def with_train(**update):
+        return base.model_copy(update={"train": base.train.model_copy(update=update)})
+
+    scaling = base.train.scaling
+    same = [base.model_copy(update={"name": "other", "out_dir": str(tmp_path / "b")}),
+            with_train(scaling=scaling.model_copy(update={"max_failures": 5, "cpus_per_worker": 0.5}))]
+    other = [with_train(lr=2e-2), with_train(scaling=scaling.model_copy(update={"num_workers": 2})),
+             base.model_copy(update={"init_model": tiny_world})]  # another model (any other directory)
+    assert {job_fingerprint(j) for j in [base, *same]} == {job_fingerprint(base)}
+    assert len({job_fingerprint(j) for j in [base, *other]}) == 4
+
+
+def test_a_checkpoint_cut_short_is_skipped_for_the_one_before(tmp_path, tiny_world, tiny_base, capsys):
+    from leaml.train.loop import STATE_TENSORS
+
+    j = job(tiny_world, tiny_base, tmp_path / "out", steps=4, checkpoint_every=2)
+    train_loop_per_worker(j.model_dump())
+    (newest,) = (tmp_path / "out.ckpt").glob(f"*/step-0000004/{STATE_TENSORS}")
+    newest.write_bytes(newest.read_bytes()[:1000])  # a kill mid-upload
+    capsys.readouterr()
+    metrics = train_loop_per_worker(j.model_dump())
+    out = capsys.readouterr().out
+    assert "is unreadable" in out and "resumed at step 2" in out
+    assert metrics["step"] == 4 and metrics["resumed_from"] == 2

@@ -1,0 +1,143 @@
+"""Chaos in a streaming stage (local Ray, slow): the Serve captioner replica, or separately a Ray
+Data actor, is SIGKILLed mid-stage (no exception, no cleanup). Serve replaces the replica and the
+batch in flight is retried with backoff; Ray Data restarts its actor and resubmits the batch. Either
+way the stage finishes in place with inputs = outputs + errors, no duplicate, no lost item, and the
+same captions as an undisturbed run (greedy decoding)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from leaml.pipeline import captioner
+from leaml.pipeline.streaming import StreamConfig, read_errors, read_shards, run_sharded
+from leaml.records import MediaRef, load_records
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+class KillOnceCaptioner(captioner.Captioner):
+    """The captioner, whose replica SIGKILLs itself on its ``at``-th request unless ``marker``
+    exists (created exclusively first, so exactly one replica dies, once)."""
+
+    def __init__(self, cfg: dict, marker: str, at: int):
+        super().__init__(cfg)
+        self.marker, self.at, self.calls = marker, at, 0
+
+    def caption(self, media, reports=None):
+        self.calls += 1
+        if self.calls == self.at:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:
+                pass
+        return super().caption(media, reports)
+
+
+class KillOnceRequester(captioner.CaptionRequester):
+    """The Ray Data side, whose actor SIGKILLs itself on its ``at``-th batch unless ``marker`` exists."""
+
+    def __init__(self, target: dict, num_frames: int, retry: dict, marker: str, at: int):
+        super().__init__(target, num_frames, retry)
+        self.marker, self.at, self.calls = marker, at, 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:
+                pass
+        return super().__call__(batch)
+
+
+@pytest.fixture(scope="module")
+def ray_serve():
+    import ray
+    from ray import serve
+
+    # replicas unpickle KillOnceCaptioner from this test module: they import it from the checkout
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield serve
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _items(tiny_world, root: Path, n: int) -> list[dict]:
+    shutil.copytree(f"{tiny_world}/media", root / "media")
+    refs = load_records(f"{tiny_world}/unlabeled.jsonl", MediaRef)[:n]
+    (root / "media" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    rows = [{"item_id": r.id, "uri": r.uri, "kind": r.kind, "media_root": str(root)} for r in refs]
+    return rows + [{"item_id": "broken", "uri": "media/broken.png", "kind": "image", "media_root": str(root)}]
+
+
+def _stage(serve, cfg, items, out: Path, replica_marker: Path, actor_marker: Path) -> tuple[dict, float]:
+    """One caption stage; the replica dies on its 3rd request unless ``replica_marker`` exists, the
+    Ray Data actor on its 2nd batch unless ``actor_marker`` exists."""
+    app = serve.deployment(KillOnceCaptioner, name=captioner.DEPLOYMENT_NAME,
+                           **captioner.deployment_options(cfg)).bind(cfg.model_dump(), str(replica_marker), 3)
+    serve.run(app, name=captioner.APP_NAME, route_prefix=None)
+    target = {"serve": {"app": captioner.APP_NAME, "deployment": captioner.DEPLOYMENT_NAME}}
+    stream = StreamConfig(engine="ray", batch_size=4, shard_size=4, actor_cpus=0.25,
+                          retry={"attempts": 10, "backoff_s": 1.0, "max_backoff_s": 10.0})
+    kwargs = {"target": target, "num_frames": 1, "retry": stream.retry.model_dump(),
+              "marker": str(actor_marker), "at": 2}
+    t0 = time.perf_counter()
+    try:
+        counts = run_sharded(items, KillOnceRequester, kwargs, str(out), "caption", stream)
+    finally:
+        serve.delete(captioner.APP_NAME)
+    return counts, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def undisturbed(ray_serve, tiny_world, tiny_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("calm")
+    items = _items(tiny_world, root, 15)
+    cfg = captioner.CaptionerConfig(model=tiny_base, max_new_tokens=6, replica_cpus=0.5, device="cpu")
+    calm = root / "disarmed"
+    calm.write_text("")  # the markers exist: nothing kills itself
+    counts, _ = _stage(ray_serve, cfg, items, root / "out", calm, calm)
+    return items, cfg, counts, {c["media_id"]: c["text"] for c in read_shards(str(root / "out"))}
+
+
+def _assert_same_as_undisturbed(out: Path, undisturbed, counts: dict) -> None:
+    _, _, calm_counts, calm_captions = undisturbed
+    assert counts == calm_counts == {"inputs": 16, "errors": 1, "records": 15}
+    captions = read_shards(str(out))
+    ids = [c["media_id"] for c in captions]
+    assert len(ids) == len(set(ids)) == 15  # no duplicate, no lost item
+    assert {c["media_id"]: c["text"] for c in captions} == calm_captions
+    assert [e.media_id for e in read_errors(str(out))] == ["broken"]
+
+
+@pytest.mark.timeout(900)
+def test_killed_serve_replica_is_replaced_and_the_stage_finishes_in_place(ray_serve, undisturbed, tmp_path, capsys):
+    items, cfg, _, _ = undisturbed
+    (tmp_path / "actor-spared").write_text("")
+    counts, seconds = _stage(ray_serve, cfg, items, tmp_path / "out", tmp_path / "killed", tmp_path / "actor-spared")
+    assert (tmp_path / "killed").exists(), "the replica was not killed"
+    _assert_same_as_undisturbed(tmp_path / "out", undisturbed, counts)
+    with capsys.disabled():
+        print(f"\n[chaos] Serve replica SIGKILLed on its 3rd batch of 4: 16-item stage took {seconds:.0f}s")
+
+
+@pytest.mark.timeout(900)
+def test_killed_ray_data_actor_is_restarted_and_the_stage_finishes_in_place(ray_serve, undisturbed, tmp_path,
+                                                                           capsys):
+    items, cfg, _, _ = undisturbed
+    (tmp_path / "replica-spared").write_text("")
+    counts, seconds = _stage(ray_serve, cfg, items, tmp_path / "out", tmp_path / "replica-spared", tmp_path / "killed")
+    assert (tmp_path / "killed").exists(), "the Ray Data actor was not killed"
+    _assert_same_as_undisturbed(tmp_path / "out", undisturbed, counts)
+    with capsys.disabled():
+        print(f"\n[chaos] Ray Data actor SIGKILLed on its 2nd batch of 4: 16-item stage took {seconds:.0f}s")
