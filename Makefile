@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick demo-video test test-slow lint clean
+.PHONY: install demo demo-quick demo-video base-models test test-slow lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo-quick: $(STAMP)
 # The video run: the same graph on the synthetic sport world (8-frame clips, easy / medium / hard).
 demo-video: $(STAMP)
 	$(BIN)/leaml demo --video
+
+# Regenerate the shipped base models (assets/base_models) with demo.yaml's recipe: hours of CPU
+# on 2 cores; the manifest records the recipe, sha256 and the quality measured on held-out media.
+base-models: $(STAMP)
+	$(BIN)/leaml model pretrain --config ray_jobs/configs/demo.yaml --release
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ row of the demo table can show: the method's rows cannot beat a fully supervised
 not yet learned to look.
 
     .venv/bin/python benchmarks/student_probe.py --world runs/demo/data --steps 1000
+    .venv/bin/python benchmarks/student_probe.py --world runs/demo/data --init BASE --pack --steps 600
     .venv/bin/python benchmarks/student_probe.py --world runs/demo/data --preset tiny-llava \\
         --templates procedure box_artefact --steps 200 --lr 1e-3
 """
@@ -32,7 +33,7 @@ from leaml.models.init import init_base_model  # noqa: E402
 from leaml.prompts import vqa_prompt  # noqa: E402
 from leaml.records import VQAExample, load_records  # noqa: E402
 from leaml.train.config import TrainConfig  # noqa: E402
-from leaml.train.data import BatchStream, vqa_items  # noqa: E402
+from leaml.train.data import BatchStream, pack_by_media, vqa_items  # noqa: E402
 from leaml.train.loop import MediaBatcher, target_loss  # noqa: E402
 from leaml.train.methods import setup_method  # noqa: E402
 
@@ -72,6 +73,41 @@ def accuracy(model, processor, world: str, val: list[VQAExample]) -> tuple[float
     return mean_of_categories(hits), {t: sum(v) / len(v) for t, v in sorted(by_template.items())}
 
 
+def learning_curve(init: str, world: str, train: list[VQAExample], val: list[VQAExample], steps: int,
+                   eval_every: int, lr: float, batch_size: int, pack: bool, max_turns: int = 8,
+                   log=print) -> list[dict]:
+    """Fine-tune ``init`` on ``train`` (packed per image or not) and measure ``val`` every
+    ``eval_every`` steps: rows of step, training seconds (evaluation excluded), QA pairs seen, accuracy."""
+    model, processor = load_model(init)
+    cfg = TrainConfig(objective="vqa", method="full", lr=lr, max_steps=steps,
+                      batch_size=batch_size, warmup_steps=min(20, steps - 1), weight_decay=0.01)
+    method = setup_method(model, cfg)
+    warm = cfg.warmup_steps + 1
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        method.optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    items = vqa_items(train, world)
+    items = pack_by_media(items, max_turns) if pack else items
+    stream, batcher = BatchStream(items, batch_size, seed=0), MediaBatcher(processor, 8)
+    rows, seconds, labels = [], 0.0, 0
+    for step in range(steps):
+        t0 = time.perf_counter()
+        batch = stream.batch_at(step)
+        loss = target_loss(model, batcher(batch))
+        loss.backward()
+        method.clip_and_step(cfg.grad_clip)
+        schedule.step()
+        method.optimizer.zero_grad(set_to_none=True)
+        seconds += time.perf_counter() - t0
+        labels += sum(len(it.conversation) for it in batch)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            acc, per_template = accuracy(model, processor, world, val)
+            rows.append({"step": step + 1, "seconds": seconds, "labels": labels, "accuracy": acc})
+            worst = ", ".join(f"{t} {100 * a:.0f}" for t, a in sorted(per_template.items(), key=lambda x: x[1])[:3])
+            log(f"step {step + 1:5d}  loss {loss.item():.3f}  held-out {100 * acc:5.1f}%  "
+                f"({seconds:.0f}s training, {labels} QA pairs; lowest templates: {worst})")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", required=True, help="a world directory (leaml data synth)")
@@ -82,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--val-images", type=int, default=150)
+    ap.add_argument("--pack", action="store_true", help="all QA pairs of an image in one sequence")
     ap.add_argument("--templates", nargs="*", help="train and evaluate on these templates only")
     ap.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
     args = ap.parse_args(argv)
@@ -92,31 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.templates:
         examples = [e for e in examples if e.template in args.templates]
     train, val = split_by_image(examples, args.val_images, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        init = args.init or init_base_model(args.preset, args.world, str(Path(tmp, "init")))
-        model, processor = load_model(init)
-    cfg = TrainConfig(objective="vqa", method="full", lr=args.lr, max_steps=args.steps,
-                      batch_size=args.batch_size, warmup_steps=min(20, args.steps - 1), weight_decay=0.01)
-    method = setup_method(model, cfg)
-    warm = cfg.warmup_steps + 1
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        method.optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
-    stream, batcher = BatchStream(vqa_items(train, args.world), args.batch_size, seed=0), MediaBatcher(processor, 8)
-
     print(f"{len(train)} train / {len(val)} held-out questions; prior-only on the held-out: "
           f"{100 * prior_only(train, val):.1f}% (mean of categories)", flush=True)
-    t0 = time.perf_counter()
-    for step in range(args.steps):
-        loss = target_loss(model, batcher(stream.batch_at(step)))
-        loss.backward()
-        method.clip_and_step(cfg.grad_clip)
-        schedule.step()
-        method.optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            acc, per_template = accuracy(model, processor, args.world, val)
-            worst = ", ".join(f"{t} {100 * a:.0f}" for t, a in sorted(per_template.items(), key=lambda x: x[1])[:3])
-            print(f"step {step + 1:5d}  loss {loss.item():.3f}  held-out {100 * acc:5.1f}%  "
-                  f"({time.perf_counter() - t0:.0f}s; lowest templates: {worst})", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        init = args.init or init_base_model(args.preset, args.world, str(Path(tmp, "init")))
+        learning_curve(init, args.world, train, val, args.steps, args.eval_every, args.lr, args.batch_size,
+                       args.pack, log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

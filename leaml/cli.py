@@ -3,11 +3,14 @@
 
     leaml data synth   [--config world.yaml] --out DIR [overrides]    the synthetic world
     leaml data synth-sport [--config sport.yaml] --out DIR [overrides]  the sport (video) world
+    leaml data convert kvasir|sportu --src PATH --out DIR [overrides]  a downloaded real dataset
     leaml model init   --preset tiny-qwen2.5-vl --data DIR --out DIR   a tiny base model (untrained)
+    leaml model pretrain --config ray_jobs/configs/demo.yaml [--release]  the staged base models
     leaml evaluate     --config eval.yaml [overrides]                 accuracy report
     leaml train        --config job.yaml [overrides]                  one training job
-    leaml run          --config pipeline.yaml [--stages ...] [overrides]  the whole LEAML graph
+    leaml run          --config pipeline.yaml [--stages ...] [--dry-run] [overrides]  the whole LEAML graph
     leaml demo         [--run-dir DIR] [--quick] [--video]            the embedded default, end to end
+    leaml plan         --config pipeline.yaml [--json] [overrides]    memory per GPU of every stage
 """
 from __future__ import annotations
 
@@ -53,11 +56,38 @@ def cmd_data_synth_sport(args) -> None:
         print(f"{label}: {100 * acc['mean_of_categories']:.1f}% mean of categories ({cats})")
 
 
+def cmd_data_convert(args) -> None:
+    from leaml.config import load_config
+    from leaml.data.convert import KvasirConvertConfig, SportuConvertConfig, convert_kvasir, convert_sportu
+    from leaml.data.dataset_dir import describe_counts
+    from leaml.jobs import announce, job_path
+
+    out = job_path(args.out, "--out")
+    if args.dataset == "kvasir":
+        summary = convert_kvasir(load_config(KvasirConvertConfig, args.config, args.overrides), args.src, out)
+    else:
+        cfg = load_config(SportuConvertConfig, args.config, args.overrides)
+        summary = convert_sportu(cfg, args.src, out, video_dir=args.videos)
+    print(f"{args.dataset} converted in {summary.seconds:.1f}s\n{describe_counts(summary.counts)}")
+    announce("dataset", out)
+
+
 def cmd_model_init(args) -> None:
     from leaml.models.init import init_base_model
 
     uri = init_base_model(args.preset, args.data, args.out, seed=args.seed)
     print(f"initial {args.preset} written to {uri}")
+
+
+def cmd_model_pretrain(args) -> None:
+    from leaml.config import load_config
+    from leaml.pipeline.base_models import pretrain_base_models
+    from leaml.pipeline.config import PipelineConfig
+
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    roles = ["student", "teacher"] if args.role == "both" else [args.role]
+    for role, uri in pretrain_base_models(cfg, roles, release=args.release).items():
+        print(f"{role}: {uri}")
 
 
 def cmd_evaluate(args) -> None:
@@ -87,11 +117,26 @@ def cmd_demo(args) -> None:
 
 
 def cmd_run(args) -> None:
+    from leaml.config import load_config, split_overrides
+    from leaml.pipeline.config import PipelineConfig
+    from leaml.pipeline.graph import print_status, run_pipeline
+
+    stages, overrides = split_overrides(args.stages, args.overrides)
+    cfg = load_config(PipelineConfig, args.config, overrides)
+    if args.dry_run:
+        print_status(cfg, only=stages)
+        return
+    run_pipeline(cfg, only=stages)
+
+
+def cmd_plan(args) -> None:
     from leaml.config import load_config
     from leaml.pipeline.config import PipelineConfig
-    from leaml.pipeline.graph import run_pipeline
+    from leaml.plan import build_plan, format_plan, plan_json
 
-    run_pipeline(load_config(PipelineConfig, args.config, args.overrides), only=args.stages)
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    plans = build_plan(cfg)
+    print(plan_json(plans) if args.json else format_plan(plans, cfg.resources))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     sport.add_argument("--workers", type=int, default=None, help="processes rendering clips (default: CPU count)")
     _add_config_args(sport)
     sport.set_defaults(func=cmd_data_synth_sport)
+    convert = data.add_parser("convert", help="a downloaded Kvasir-VQA or SPORTU -> a dataset directory")
+    convert.add_argument("dataset", choices=["kvasir", "sportu"])
+    convert.add_argument("--src", required=True, help="kvasir: the hub download (parquet / arrow files, a dir); "
+                         "sportu: SportU_Video_mc.json or a dir holding it")
+    convert.add_argument("--videos", help="sportu: the clips' directory (default: beside the json)")
+    convert.add_argument("--out", required=True, help="the dataset directory to write (local or s3://)")
+    _add_config_args(convert)
+    convert.set_defaults(func=cmd_data_convert)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="model_command", required=True)
     init = model.add_parser("init", help="build an untrained tiny preset (tokenizer trained on the data)")
@@ -116,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", required=True)
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=cmd_model_init)
+    pre = model.add_parser("pretrain", help="the staged base-model recipe (tower, align, instruct) of a config's "
+                                            "student and teacher; --release writes them to assets/base_models")
+    _add_config_args(pre, required=True)
+    pre.add_argument("--role", choices=["student", "teacher", "both"], default="both")
+    pre.add_argument("--release", action="store_true", help="measure on held-out media and ship as release assets")
+    pre.set_defaults(func=cmd_model_pretrain)
 
     ev = sub.add_parser("evaluate", help="multiple-choice accuracy per category")
     _add_config_args(ev)
@@ -135,15 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the whole LEAML graph from a pipeline config")
     run.add_argument("--stages", nargs="*", help="only stages whose name starts with these")
+    run.add_argument("--dry-run", action="store_true",
+                     help="run nothing: print each stage as done / stale / pending, and why")
     _add_config_args(run, required=True)
     run.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="memory per GPU of every stage (models built on the meta device)")
+    pl.add_argument("--json", action="store_true", help="bytes per stage as JSON instead of the table")
+    _add_config_args(pl, required=True)
+    pl.set_defaults(func=cmd_plan)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from leaml.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may stand anywhere (also after an option's values): argparse leaves the
+    # ones it cannot place to parse_known_args, and they join the command's overrides in order
+    args, unknown = parser.parse_known_args(argv)
+    stray = [t for t in unknown if t.startswith("-") or "=" not in t]
+    if stray or (unknown and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or unknown)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
     try:
         args.func(args)
     except ConfigError as e:

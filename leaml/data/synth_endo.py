@@ -602,3 +602,42 @@ def _artefact_phrases(rng, s: EndoScene, mp: float, wp: float) -> list[str]:
     if text == "yes":
         out.append("text overlay")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense labels of a scene: what the teacher's tower learns from its noisy endo corpus
+# (leaml.pretrain.tower); the student never sees these.
+
+
+def dense_labels() -> list:
+    """Finding, procedure, landmark, instrument, counts, main polyp's size / type / colour,
+    abnormality cell, artefacts, as ``LabelHead`` s of the scene dict (``asdict(EndoScene)``)."""
+    from leaml.data.synth_common import LOCATIONS
+    from leaml.pretrain.tower import LabelHead
+
+    def of(values, get):
+        values = list(values)
+        return len(values), lambda d: values.index(get(d))
+
+    def main_polyp(key, values):
+        return of(("none", *values), lambda d: d["polyps"][0][key] if d["polyps"] else "none")
+
+    def abnormality_cell(d):
+        obj = d["polyps"][0] if d["polyps"] else d["lesion"]
+        return cell_of(obj["x"], obj["y"]) if obj else "none"
+
+    specs = {
+        "finding": of(FINDINGS, lambda d: d["finding"]),
+        "procedure": of(PROCEDURES, lambda d: d["procedure"]),
+        "landmark": of(("none", *LANDMARKS), lambda d: d["landmark"]),
+        "instrument": of(("none", *INSTRUMENTS), lambda d: d["instrument"]),
+        "n_instruments": of(range(4), lambda d: min(3, d["n_instruments"])),
+        "n_polyps": of(range(5), lambda d: min(4, len(d["polyps"]))),
+        "polyp_size": main_polyp("size", SIZES),
+        "polyp_type": main_polyp("paris", PARIS),
+        "polyp_colour": main_polyp("colour", tuple(POLYP_RGB)),
+        "abnormality_cell": of(("none", *LOCATIONS), abnormality_cell),
+        "green_box": of((False, True), lambda d: d["green_box"]),
+        "text": of((False, True), lambda d: bool(d["text"])),
+    }
+    return [LabelHead(name, n, read) for name, (n, read) in specs.items()]

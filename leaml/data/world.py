@@ -123,6 +123,42 @@ def build_world(cfg: WorldConfig, out: str, workers: int | None = None) -> World
     return WorldSummary(out=str(out), sizes=sizes, prior_only=prior, seconds=time.perf_counter() - start)
 
 
+# ---------------------------------------------------------------------------------------------
+# The base models' own corpus: fixed seed, independent of any downstream world
+
+CORPUS_SEED = 7_000_001
+"""Seed of the pretraining corpus: a new ``world.seed`` redraws the domain's media and labels but
+reuses the same base models, as official checkpoints do not depend on anyone's dataset."""
+
+
+def build_corpus(out: str, n_general: int = 6000, n_teacher_pool: int = 3000, image_size: int = 64,
+                 caption_mention_p: float = 0.7, caption_wrong_p: float = 0.2,
+                 seed: int = CORPUS_SEED, workers: int | None = None) -> dict:
+    """The base models' pretraining corpus under ``out``: ``general/`` (captions, QA), the teacher's
+    noisy endo captions (``teacher_corpus.jsonl``, media ids disjoint from every world's) and
+    ``vocab.jsonl`` (endo QA texts of those images, for the tokenizer only: a real tokenizer's
+    vocabulary covers its domain's words without the model being trained on its QA)."""
+    cfg = WorldConfig(seed=seed, image_size=image_size, n_general=n_general, n_teacher_pool=n_teacher_pool,
+                      caption_mention_p=caption_mention_p, caption_wrong_p=caption_wrong_p)
+    workers = workers or os.cpu_count() or 1
+    general = _run_items(out, _general_job, [(cfg, i) for i in range(n_general)], workers, "general")
+    teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(n_teacher_pool)], workers, "teacher pool")
+    vocab = [qa for c in teacher for qa in synth_endo.endo_questions(
+        synth_endo.EndoScene(**c.meta["scene"]), rng_for(seed, c.media_id, "questions"),
+        MediaRef(id=c.media_id, uri=c.meta["uri"]), (len(synth_endo.TEMPLATES),) * 2, "train")]
+    vocab = with_options(vocab, options_by_template((ex.template, ex.answer) for ex in vocab))
+    captions = [r for r in general if isinstance(r, Caption)]
+    qa = [r for r in general if isinstance(r, VQAExample)]
+    qa = with_options(qa, options_by_template((ex.template, ex.answer) for ex in qa))
+    for name, records in (("general/captions.jsonl", captions), ("general/qa.jsonl", qa),
+                          ("teacher_corpus.jsonl", teacher), ("vocab.jsonl", vocab)):
+        save_records(storage.join(out, name), records)
+    info = {"seed": seed, "config": cfg.model_dump(mode="json"),
+            "sizes": {"general_images": n_general, "general_qa": len(qa), "teacher_captions": len(teacher)}}
+    storage.write_text(storage.join(out, "corpus.json"), json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
 # One job per media item: (args) -> (relative uri, PNG bytes, records). Module-level functions, so
 # a process pool can pickle them; the main process does all the writing.
 Job = Callable[[tuple], tuple[str, bytes, list]]

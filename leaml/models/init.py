@@ -16,7 +16,7 @@ from leaml.records import Caption, VQAExample, format_qa_target, load_records
 def tokenizer_corpus(data_dir: str) -> Iterator[str]:
     """Texts for tokenizer training: the train split only (never the test split)."""
     yield from (caption_prompt(), qagen_prompt())
-    for rel in ("general/qa.jsonl", "train.jsonl"):
+    for rel in ("general/qa.jsonl", "train.jsonl", "vocab.jsonl"):
         uri = storage.join(data_dir, rel)
         if storage.exists(uri):
             for ex in load_records(uri, VQAExample):

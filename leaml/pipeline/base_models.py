@@ -1,14 +1,21 @@
-"""Base models of the embedded world: a dataset dir -> pretrained tiny student and teacher (cached).
+"""Base models of the embedded worlds: (domain, role, source) -> a base checkpoint URI.
 
 Stands in for "a pretrained general VLM" (student) and "a 72B teacher with web knowledge":
-- student: the ``general`` domain only, all three tasks (describe, answer with options, write a
-  QA pair), so zero-shot on ``endo`` means what it means in the paper: a general model facing an
-  unfamiliar domain;
-- teacher: a larger tiny model, same general data plus noisy captions of a disjoint endo pool.
+- student: the ``general`` domain only, so zero-shot on ``endo`` means what it means in the paper:
+  a general model facing an unfamiliar domain;
+- teacher: a larger tiny model, same general data plus noisy captions of an endo pool.
+Both come from the staged recipe of :mod:`leaml.pretrain.recipe` (tower, alignment, instruction
+tuning), in this order of preference:
+1. a real checkpoint (``path``): used as is (production);
+2. a shipped release asset (``assets/base_models``, :mod:`leaml.pretrain.assets`) whose recipe key
+   equals this source's: the endo world's default, so ``make demo`` trains no base model;
+3. the cache (``$LEAML_CACHE``), keyed by everything that determines the model;
+4. pretraining now, into the cache.
 
-Checkpoints are cached by a hash of everything that determines them (world config, preset,
-pretraining settings), so later runs reuse them. Production runs skip this: their student and
-teacher are real checkpoints given by path.
+The endo base models are independent of the world's seed: their corpus has its own fixed seed
+(:func:`leaml.data.world.build_corpus`), as official checkpoints do not depend on anyone's data.
+The sport world's base models still pretrain on the general domain and clip corpus of its own
+dataset directory (keyed by its world.json).
 """
 from __future__ import annotations
 
@@ -22,87 +29,120 @@ from pydantic import Field
 
 from leaml import storage
 from leaml.config import StrictModel
-from leaml.train.config import ScalingSettings, TrainConfig
-from leaml.train.data import DataSpec
-from leaml.train.loop import TrainJob
+from leaml.pretrain.recipe import RECIPE_VERSION, PretrainSettings, Role, run_recipe
 
-Role = Literal["student", "teacher"]
+Domain = Literal["endo", "sport"]
 
 
-class PretrainSettings(StrictModel):
-    max_steps: int = Field(1500, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    warmup_steps: int = Field(50, ge=0)
-    seed: int = 0
-    torch_threads: int | None = Field(None, ge=1)
-    """Intra-op threads of the pretraining worker (None: one per reserved CPU); not part of the
-    cache key."""
+class CorpusSettings(StrictModel):
+    """Size of the endo base models' own pretraining corpus (fixed seed, not the world's)."""
+
+    n_general: int = Field(6000, ge=1)
+    """General-domain images (captions + generic QA); the tower's dense labels come from them."""
+    n_teacher_pool: int = Field(3000, ge=0)
+    """Endo images captioned noisily: the teacher's "web knowledge" (the student never sees them)."""
 
 
 class BaseModelSource(StrictModel):
-    """Either a real checkpoint (``path``) or a tiny preset pretrained on the embedded world."""
+    """Either a real checkpoint (``path``) or a tiny preset pretrained by the staged recipe."""
 
     path: str | None = None
     """Local dir, s3:// prefix or hub id of a real checkpoint (used as is)."""
     preset: str | None = None
-    """Tiny preset to build and pretrain on the world's general domain."""
+    """Tiny preset to pretrain (or to take from the shipped assets when its recipe matches)."""
     pretrain: PretrainSettings = PretrainSettings()
+    corpus: CorpusSettings = CorpusSettings()
+    use_assets: bool = True
+    """Take a shipped release asset with the same recipe key instead of pretraining."""
 
 
 def default_cache_dir() -> str:
     return os.environ.get("LEAML_CACHE", str(Path.home() / ".cache" / "leaml"))
 
 
-def pretrain_data(data_dir: str, role: Role) -> list[DataSpec]:
-    general = [
-        DataSpec(kind="caption", uri=storage.join(data_dir, "general/captions.jsonl"), media_root=data_dir),
-        DataSpec(kind="vqa", uri=storage.join(data_dir, "general/qa.jsonl"), media_root=data_dir),
-        DataSpec(kind="qa", uri=storage.join(data_dir, "general/qa.jsonl"), media_root=data_dir, weight=0.5),
-    ]
-    if role == "teacher":
-        # The teacher's "web knowledge" of the domain (noisy captions, no QA) is what makes its
-        # captions worth distilling, so it gets a batch every step and the general tasks every other.
-        general = [g.model_copy(update={"every": 2}) for g in general]
-        general.append(DataSpec(kind="caption", uri=storage.join(data_dir, "teacher_corpus.jsonl"),
-                                media_root=data_dir))
-    return general
+def corpus_key(src: BaseModelSource) -> str:
+    from leaml.data.world import CORPUS_SEED
+
+    blob = json.dumps({"corpus": src.corpus.model_dump(), "seed": CORPUS_SEED, "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def cache_key(data_dir: str, role: Role, src: BaseModelSource) -> str:
-    # The whole world.json (config, sizes, prior accuracy, option sets) fingerprints the data: a
-    # change to the generator's code that changes the data changes the key too.
-    # The labeled pick is not an input of pretraining: seeds that only re-draw it share base models.
-    world = json.loads(storage.read_text(storage.join(data_dir, "world.json")))
-    world.get("config", {}).pop("labeled_seed", None)
-    for size in ("labeled_qa", "unlabeled_media"):  # these follow the pick too
-        world.get("sizes", {}).pop(size, None)
-    blob = json.dumps({"world": world, "role": role, "preset": src.preset,
-                       "pretrain": src.pretrain.model_dump(exclude={"torch_threads"}), "v": 1}, sort_keys=True)
+def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = "endo") -> str:
+    """Everything that determines the base model: recipe, preset, role and corpus. Endo: the fixed
+    corpus (no world field enters); sport: its world.json without the labeled pick's fields."""
+    if domain == "endo":
+        data = {"corpus": corpus_key(src)}
+    else:
+        world = json.loads(storage.read_text(storage.join(data_dir, "world.json")))
+        world.get("config", {}).pop("labeled_seed", None)
+        for size in ("labeled_qa", "unlabeled_media"):  # these follow the pick too
+            world.get("sizes", {}).pop(size, None)
+        data = {"world": world}
+    blob = json.dumps({**data, "role": role, "preset": src.preset, "pretrain": src.pretrain.key(),
+                       "recipe": RECIPE_VERSION}, sort_keys=True)
     return f"{src.preset}-{role}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def ensure_corpus(src: BaseModelSource, cache_dir: str) -> str:
+    from leaml.data.world import build_corpus
+
+    out = storage.join(cache_dir, "corpus", corpus_key(src))
+    if not storage.exists(storage.join(out, "corpus.json")):
+        print(f"[base] building the pretraining corpus in {out}", flush=True)
+        build_corpus(out, n_general=src.corpus.n_general, n_teacher_pool=src.corpus.n_teacher_pool)
+    return out
+
+
 def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir: str | None = None,
-                      engine: str = "local") -> str:
-    """The checkpoint URI for ``role``: the given path, or a cached / freshly pretrained preset."""
-    from leaml.models.init import init_base_model
-    from leaml.train.ray_trainer import run_training
+                      engine: str = "local", domain: Domain = "endo") -> str:
+    """The checkpoint URI for ``role``: the given path, a shipped asset, the cache, or pretrained now.
+
+    Pretraining runs in this process (``engine`` is accepted for symmetry with the other stages:
+    the recipe's stages are short single-worker fits, where a Ray Train job only adds start-up)."""
+    from leaml.pretrain.assets import find_asset
 
     if src.path:
         return src.path
     if not src.preset:
         raise ValueError(f"{role}: set either path (a checkpoint) or preset (a tiny model to pretrain)")
-    out = storage.join(cache_dir or default_cache_dir(), "base", cache_key(data_dir, role, src))
+    key = cache_key(data_dir, role, src, domain)
+    if src.use_assets and domain == "endo" and (asset := find_asset(key)):
+        print(f"[base] {role}: shipped asset {asset}", flush=True)
+        return asset
+    cache_dir = cache_dir or default_cache_dir()
+    out = storage.join(cache_dir, "base", key)
     if storage.exists(storage.join(out, "leaml_model.json")):
         print(f"[base] {role}: reusing {out}", flush=True)
         return out
-    init = init_base_model(src.preset, data_dir, out + ".init", seed=src.pretrain.seed)
-    p = src.pretrain
-    job = TrainJob(name=f"pretrain-{role}", init_model=init, out_dir=out, data=pretrain_data(data_dir, role),
-                   train=TrainConfig(objective="pretrain", method="full", max_steps=p.max_steps, lr=p.lr,
-                                     batch_size=p.batch_size, warmup_steps=p.warmup_steps, seed=p.seed,
-                                     weight_decay=0.01, report_every=100,
-                                     scaling=ScalingSettings(torch_threads=p.torch_threads)))
-    run_training(job, engine=engine)
-    storage.remove(init)
+    corpus = ensure_corpus(src, cache_dir) if domain == "endo" else data_dir
+    run_recipe(src.preset, role, corpus, out, src.pretrain, log=lambda m: print(m, flush=True))
     return out
+
+
+def pretrain_base_models(cfg, roles: list[Role], release: bool = False) -> dict[str, str]:
+    """``leaml model pretrain``: pretrain (or reuse from the cache) each role's base model of a
+    pipeline config, ignoring shipped assets; ``release``: measure each on held-out media and
+    write it into ``assets/base_models`` with its manifest entry. Returns {role: checkpoint}."""
+    from leaml.pretrain.assets import release as release_asset
+    from leaml.pretrain.quality import base_quality
+
+    if cfg.world.domain != "endo":
+        raise ValueError("shipped base models exist for the endo world only; the sport world pretrains "
+                         "its own at run time (world.domain: sport)")
+    out = {}
+    for role in roles:
+        src = getattr(cfg, role).model_copy(update={"use_assets": False})
+        out[role] = ensure_base_model("", role, src, cfg.cache_dir)
+        if release:
+            quality = base_quality(out[role], role)
+            entry = release_asset(out[role], cache_key("", role, src), quality)
+            print(f"[base] released {entry['key']}: {json_summary(quality)}", flush=True)
+    return out
+
+
+def json_summary(quality: dict) -> str:
+    parts = [f"general VQA {100 * quality['general_vqa_accuracy']:.1f}% (prior {100 * quality['general_vqa_prior']:.1f}%)"]
+    if "captions" in quality:
+        c = quality["captions"]
+        parts.append(f"captions recall {c['recall']:.2f} precision {c['precision']:.2f} distinct {c['distinct']:.2f}")
+    return ", ".join(parts)

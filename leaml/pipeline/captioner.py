@@ -5,7 +5,8 @@
   import, not exercised on CPU) or ``reports`` (media that already come with free text).
   :func:`build_captioner_app` wraps it in a Ray Serve deployment with autoscaling settings.
 - :class:`CaptionRequester` is the Ray Data side: decodes media (a corrupt file becomes an error
-  row, the stream goes on) and sends each batch to the deployment through its handle.
+  row, the stream goes on) and sends each batch to the deployment through its handle; an item the
+  model refuses becomes its error row too (``streaming.call_isolating`` splits the batch to find it).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import numpy as np
 from pydantic import Field
 
 from leaml.config import StrictModel
+from leaml.pipeline.streaming import ItemFailure
+from leaml.train.config import MediaCaps
 
 APP_NAME = "leaml-captioner"
 DEPLOYMENT_NAME = "Captioner"
@@ -37,6 +40,18 @@ class CaptionerConfig(StrictModel):
     """transformers backend: where the model runs (``auto``: the replica's GPU if it has one)."""
     tensor_parallel_size: int = Field(1, ge=1)
     """vLLM only: GPUs per engine (the 72B teacher wants 4-8)."""
+    media: MediaCaps = MediaCaps()
+    """Pixels per frame and text caps (transformers: the processor; vLLM: ``mm_processor_kwargs``)."""
+    max_model_len: int = Field(8192, ge=256)
+    """vLLM: the longest prompt + caption; the KV cache must hold one such sequence (the memory plan
+    checks it, and that an item at the media caps fits in it)."""
+    max_num_batched_tokens: int = Field(8192, ge=256)
+    """vLLM: tokens one engine step prefills (bounds its activation memory)."""
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=0.98)
+    """vLLM: the fraction of each GPU the engine claims (weights + activations + KV cache)."""
+    distributed_executor_backend: Literal["ray", "mp"] | None = None
+    """vLLM: how an engine spans its tensor-parallel GPUs. None: ``ray`` when tensor_parallel_size > 1,
+    since a Serve replica is a Ray actor and ``mp`` would fork workers outside Ray's placement."""
 
     def decoding(self) -> dict:
         """What makes a caption reproducible; recorded with every caption."""
@@ -56,7 +71,7 @@ class Captioner:
             from leaml.models.builders import load_model
 
             torch.set_num_threads(max(1, int(self.cfg.replica_cpus)))
-            self.model, self.processor = load_model(self.cfg.model, device=self.cfg.device)
+            self.model, self.processor = load_model(self.cfg.model, device=self.cfg.device, caps=self.cfg.media)
         elif self.cfg.backend == "vllm":
             self._engine = _VLLMCaptioner(self.cfg)
 
@@ -68,7 +83,11 @@ class Captioner:
         if self._engine is not None:
             return self._engine.caption(media)
         from leaml.models.batching import generate
+        from leaml.models.limits import check_media, context_length
         from leaml.prompts import caption_prompt
+
+        for frames in media:  # a known processor limit fails here, before any forward pass
+            check_media(self.processor, frames, context_length(self.model))
 
         outs = generate(self.model, self.processor, media, [caption_prompt()] * len(media),
                         max_new_tokens=self.cfg.max_new_tokens)
@@ -83,21 +102,39 @@ class _VLLMCaptioner:
             from vllm import LLM, SamplingParams
         except ImportError as e:  # the CPU install never has it
             raise ImportError("backend 'vllm' needs the GPU image: pip install 'leaml[vllm]'") from e
-        self.llm = LLM(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size,
-                       limit_mm_per_prompt={"image": cfg.num_frames})
-        self.params = SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens)
+        self.llm = LLM(**vllm_engine_args(cfg))
+        # explicit, like batching.decoding_settings: greedy, no penalty whatever the checkpoint ships
+        self.params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_tokens=cfg.max_new_tokens)
 
     def caption(self, media: list[list]) -> list[str]:
         from leaml.prompts import caption_prompt
 
         tok = self.llm.get_tokenizer()
-        reqs = []
-        for frames in media:
-            content = [{"type": "image"} for _ in frames] + [{"type": "text", "text": caption_prompt()}]
-            prompt = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-            reqs.append({"prompt": prompt, "multi_modal_data": {"image": frames if len(frames) > 1 else frames[0]}})
+        reqs = [vllm_request(tok, frames, caption_prompt()) for frames in media]
         return [o.outputs[0].text.strip() for o in self.llm.generate(reqs, self.params)]
+
+
+def vllm_engine_args(cfg: CaptionerConfig) -> dict:
+    """``vllm.LLM(**args)`` of a captioner config: memory bounds, pixel caps, one video or image per prompt."""
+    backend = cfg.distributed_executor_backend or ("ray" if cfg.tensor_parallel_size > 1 else None)
+    pixels = {k: v for k, v in (("max_pixels", cfg.media.max_pixels), ("min_pixels", cfg.media.min_pixels)) if v}
+    args = dict(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, max_model_len=cfg.max_model_len,
+                max_num_batched_tokens=cfg.max_num_batched_tokens, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                limit_mm_per_prompt={"image": 1, "video": 1}, mm_processor_kwargs=pixels)
+    if backend:
+        args["distributed_executor_backend"] = backend
+    return args
+
+
+def vllm_request(tokenizer, frames: list, prompt: str) -> dict:
+    """One vLLM prompt: an image as an image, several frames as one video (Qwen2.5-VL's native video
+    path, which merges frame pairs), so a clip is not read as N unrelated images."""
+    kind = "video" if len(frames) > 1 else "image"
+    content = [{"type": kind}, {"type": "text", "text": prompt}]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    data = np.stack([np.asarray(f.convert("RGB")) for f in frames]) if kind == "video" else frames[0]
+    return {"prompt": text, "multi_modal_data": {kind: data}}
 
 
 def deployment_options(cfg: "CaptionerConfig | StrictModel") -> dict:
@@ -108,7 +145,18 @@ def deployment_options(cfg: "CaptionerConfig | StrictModel") -> dict:
         opts["autoscaling_config"] = cfg.autoscaling
     else:
         opts["num_replicas"] = cfg.num_replicas
+    if isinstance(cfg, CaptionerConfig) and _uses_ray_executor(cfg):
+        # vLLM's ray executor starts one Ray worker per GPU inside the replica's placement group
+        # (the Ray Serve LLM pattern): the replica itself takes no GPU, or it would hold all of them
+        # and the engine's workers would wait forever; STRICT_PACK keeps the engine on one node.
+        opts["ray_actor_options"]["num_gpus"] = 0
+        opts["placement_group_bundles"] = [{"CPU": cfg.replica_cpus}] + [{"GPU": 1}] * cfg.tensor_parallel_size
+        opts["placement_group_strategy"] = "STRICT_PACK"
     return opts
+
+
+def _uses_ray_executor(cfg: CaptionerConfig) -> bool:
+    return cfg.backend == "vllm" and vllm_engine_args(cfg).get("distributed_executor_backend") == "ray"
 
 
 def build_captioner_app(args: dict):
@@ -126,8 +174,11 @@ class CaptionRequester:
     ``{"local": <CaptionerConfig dict>}`` (the same model in-process, for tests and small runs).
     """
 
-    def __init__(self, target: dict, num_frames: int = 8):
+    def __init__(self, target: dict, num_frames: int = 8, retry: dict | None = None):
+        from leaml.pipeline.streaming import RetrySettings
+
         self.num_frames = num_frames
+        self.retry = RetrySettings.model_validate(retry or {})
         self.cfg = None
         if "serve" in target:
             from ray import serve
@@ -156,14 +207,25 @@ class CaptionRequester:
                 ok.append(i)
             except Exception as e:  # noqa: BLE001 - any unreadable item goes to the errors file
                 errors[i] = f"{type(e).__name__}: {e}"
-        reports = [batch["report"][i] for i in ok] if "report" in batch else None
-        texts = self._caption(media, reports) if ok else []
-        for i, text in zip(ok, texts):
+        for i, text in zip(ok, self._caption_isolating(media, batch, ok)):
+            if isinstance(text, ItemFailure):  # the model refused this item: its error row, the rest kept
+                errors[i] = text.reason
+                continue
             cap = Caption(media_id=str(batch["item_id"][i]), text=text, model=self.model_name,
                           meta={"uri": str(batch["uri"][i]), "kind": str(batch["kind"][i]),
                                 "decoding": self.decoding})
             records[i] = json.dumps([cap.model_dump()])
         return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
+
+    def _caption_isolating(self, media: list, batch: dict, ok: list[int]) -> list:
+        """A caption or an :class:`ItemFailure` per decoded item (``ok``: their rows in ``batch``)."""
+        from leaml.pipeline.streaming import call_isolating
+
+        def caption(idx: list[int]) -> list[str]:
+            reports = [batch["report"][ok[j]] for j in idx] if "report" in batch else None
+            return self._caption([media[j] for j in idx], reports)
+
+        return call_isolating(caption, list(range(len(ok))), self.retry) if ok else []
 
     def _caption(self, media, reports):
         if self.local is not None:

@@ -11,10 +11,11 @@ from leaml.config import StrictModel
 from leaml.data.sport_world import SportWorldConfig
 from leaml.data.world import WorldConfig
 from leaml.evaluate.inference import InferenceConfig
-from leaml.pipeline.base_models import BaseModelSource, PretrainSettings
+from leaml.pipeline.base_models import BaseModelSource
 from leaml.pipeline.captioner import CaptionerConfig
 from leaml.pipeline.qa_generator import QAGenConfig
 from leaml.pipeline.streaming import StreamConfig
+from leaml.plan import Resources
 from leaml.train.config import TrainConfig
 
 Row = Literal["zero_shot_student", "zero_shot_teacher", "lora", "full", "baseline", "distill", "leaml",
@@ -52,13 +53,13 @@ class GeneratorVariants(StrictModel):
 
 class PipelineConfig(StrictModel):
     run_dir: str = "runs/demo"
-    """Every artifact of the run lives here (local path or s3://), one directory per stage."""
+    """Every artifact of the run lives here (local path or s3://), one directory per stage. Inside a
+    Ray job it must be s3:// or an absolute shared path (or $LEAML_RUN_ROOT set): see leaml.jobs."""
     data_dir: str | None = None
     """An existing dataset directory (real data converted by a loader); None = synthesise the world."""
     world: AnyWorld = WorldConfig()
     student: BaseModelSource = BaseModelSource(preset="tiny-qwen2.5-vl")
-    teacher: BaseModelSource = BaseModelSource(
-        preset="tiny-qwen2.5-vl-teacher", pretrain=PretrainSettings(max_steps=1500, lr=1e-3))
+    teacher: BaseModelSource = BaseModelSource(preset="tiny-qwen2.5-vl-teacher")
     cache_dir: str | None = None
     """Base-model cache (default ~/.cache/leaml or $LEAML_CACHE)."""
     engine: Literal["ray", "local"] = "ray"
@@ -80,6 +81,9 @@ class PipelineConfig(StrictModel):
     """VQA fine-tuning draws a labeled and a pseudo batch each step; weight of the pseudo loss."""
     rows: list[Row] = Field(default_factory=lambda: list(ALL_ROWS))
     evaluation: InferenceConfig = InferenceConfig()
+    resources: Resources = Resources()
+    """GPU memory and count of the cluster: ``leaml run`` refuses a run whose memory plan does not
+    fit them (``leaml plan`` prints the plan); unset on CPU runs, where nothing is checked."""
     eval_limit: int | None = Field(None, ge=1)
     """Evaluate only the first N test questions (quick profiles)."""
     seed: int = 0
@@ -88,6 +92,10 @@ class PipelineConfig(StrictModel):
     def _absolute_local_paths(self) -> "PipelineConfig":
         # Ray Train workers and Ray Data actors do not run in the driver's working directory, so a
         # relative "runs/demo" would name another place there: resolve local paths once, here.
+        # Inside a Ray job the driver's own cwd is Ray's temporary package dir: no place for results.
+        from leaml.jobs import job_path
+
+        self.__dict__["run_dir"] = job_path(self.run_dir, "run_dir")
         for key in ("run_dir", "data_dir", "cache_dir"):
             value = getattr(self, key)
             if value and not storage.is_s3(value) and not os.path.isabs(value):

@@ -33,7 +33,15 @@ class QAGenConfig(StrictModel):
     """Candidates sampled per media item."""
     top_p: float = Field(0.9, gt=0, le=1)
     temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    """Sample among the k most likely tokens only; 0 = off. Always passed to ``generate``, so the
+    checkpoint's generation_config (Qwen2.5-VL-Instruct: top_k 1) cannot turn sampling greedy."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """1.0 = none (Qwen2.5-VL-Instruct's generation_config would apply 1.05)."""
     max_new_tokens: int = Field(48, ge=1)
+    """Free decoding: the least tokens a candidate may take. With the labeled questions known, the
+    limit grows to the longest valid target (:func:`generation_limit`), so a question with 40
+    options (Kvasir-VQA's multi-answer templates: ~380 tokens) is never cut off mid-list."""
     decoding: Literal["free", "constrained"] = "free"
     """free: sample text token by token and parse it (the paper). constrained: sample a question
     among those of the labeled data by the generator's likelihood of writing it, then its answer
@@ -63,6 +71,21 @@ def item_seed(seed: int, media_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{media_id}:qagen".encode()).digest()[:4], "big")
 
 
+LIMIT_MARGIN = 8
+"""Tokens over the longest target: a generator may write an option list a little differently."""
+
+
+def generation_limit(tokenizer, known: dict[str, list[str]] | None, floor: int) -> int:
+    """max(``floor``, the token count of the longest valid ``<q>Q<q><a>A<a>`` target + a margin):
+    each known question with its options and its longest option as the answer, eos included."""
+    if not known:
+        return floor
+    longest = max(len(tokenizer(format_qa_target(q, opts, max(opts, key=len)) + tokenizer.eos_token,
+                                add_special_tokens=False)["input_ids"])
+                  for q, opts in known.items() if opts)
+    return max(floor, longest + LIMIT_MARGIN)
+
+
 def nucleus(probs: list[float], top_p: float, temperature: float) -> np.ndarray:
     """A distribution over choices -> its nucleus: tempered, cut to the smallest most likely set
     whose mass reaches ``top_p``, renormalised."""
@@ -87,15 +110,36 @@ class QAGenerator:
         torch.set_num_threads(max(1, int(self.cfg.replica_cpus)))
         self.model, self.processor = load_model(self.cfg.model, device=self.cfg.device)
 
-    def sample(self, media: list[list], media_ids: list[str]) -> list[list[str]]:
-        """``n`` candidates per item, all items in one generate call. Seeded by the batch's item ids:
+    def sample(self, media: list[list], media_ids: list[str],
+               known: dict[str, list[str]] | None = None) -> list[list[str]]:
+        """``n`` candidates per item, all items in one generate call, up to :func:`generation_limit`
+        tokens (``known``: the labeled questions and their options). Seeded by the batch's item ids:
         the same batch gives the same candidates (batched sampling cannot seed each row alone)."""
         from leaml.models.batching import generate
         from leaml.prompts import qagen_prompt
 
+        self._check(media)
+        c = self.cfg
         return generate(self.model, self.processor, media, [qagen_prompt()] * len(media), do_sample=True,
-                        top_p=self.cfg.top_p, temperature=self.cfg.temperature, num_return_sequences=self.cfg.n,
-                        max_new_tokens=self.cfg.max_new_tokens, seed=item_seed(self.cfg.seed, "|".join(media_ids)))
+                        top_p=c.top_p, temperature=c.temperature, top_k=c.top_k,
+                        repetition_penalty=c.repetition_penalty, num_return_sequences=c.n,
+                        max_new_tokens=self._limit(known), seed=item_seed(c.seed, "|".join(media_ids)))
+
+    def _check(self, media: list[list]) -> None:
+        """A known processor limit (:mod:`leaml.models.limits`) fails the batch before the model runs;
+        the requester's bisection then isolates the item."""
+        from leaml.models.limits import check_media, context_length
+
+        for frames in media:
+            check_media(self.processor, frames, context_length(self.model))
+
+    def _limit(self, known: dict[str, list[str]] | None) -> int:
+        # the same known set arrives with every batch of a stage: count its tokens once
+        key = hash(tuple(sorted((q, tuple(o)) for q, o in (known or {}).items())))
+        if getattr(self, "_limit_key", None) != key:
+            self._limit_key = key
+            self._limit_value = generation_limit(self.processor.tokenizer, known, self.cfg.max_new_tokens)
+        return self._limit_value
 
     def sample_constrained(self, media: list[list], media_ids: list[str],
                            known: dict[str, list[str]]) -> list[dict]:
@@ -105,6 +149,7 @@ class QAGenerator:
         from leaml.prompts import qagen_prompt
         from leaml.records import Q_TAG
 
+        self._check(media)
         questions = sorted(known)
         # P(the text starts "<q>Question"): the total log-likelihood of that prefix (a sequence's
         # probability, which a per-token mean is not); the option list that follows is fixed per
@@ -204,11 +249,16 @@ def build_qa_generator_app(args: dict):
 
 
 class QARequester:
-    """Ray Data UDF: media rows -> judged candidate rows (JSON) or an error per unreadable item."""
+    """Ray Data UDF: media rows -> judged candidate rows (JSON), or an error per item that does not
+    decode or that the model refuses (isolated by ``streaming.call_isolating``; the rest are kept)."""
 
-    def __init__(self, target: dict, cfg: dict, known_templates: dict[str, list[str]] | None = None):
+    def __init__(self, target: dict, cfg: dict, known_templates: dict[str, list[str]] | None = None,
+                 retry: dict | None = None):
+        from leaml.pipeline.streaming import RetrySettings
+
         self.cfg = QAGenConfig.model_validate(cfg)
         self.known = known_templates
+        self.retry = RetrySettings.model_validate(retry or {})
         if self.cfg.decoding == "constrained" and not known_templates:
             raise ValueError("qagen.decoding=constrained samples among the labeled data's questions: "
                              "known_templates is required (use decoding=free without them)")
@@ -240,17 +290,31 @@ class QARequester:
             except Exception as e:  # noqa: BLE001 - unreadable media go to the errors file
                 errors[i] = f"{type(e).__name__}: {e}"
         if ok:
-            for i, ref, frames, (cands, probs) in zip(ok, refs, media, self._sample(media, refs)):
-                rows = judge_candidates(ref, cands, self.known, self.cfg.model)
-                self._filter(rows, frames, probs)
-                records[i] = json.dumps(rows)
+            from leaml.pipeline.streaming import call_isolating
+
+            sampled = call_isolating(lambda idx: self._sample([media[j] for j in idx], [refs[j] for j in idx]),
+                                     list(range(len(ok))), self.retry)
+            for i, ref, frames, got in zip(ok, refs, media, sampled):
+                records[i], errors[i] = self._judge(ref, frames, got)
         return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
+
+    def _judge(self, ref: MediaRef, frames: list, sampled) -> tuple[str, str]:
+        """(records JSON, "") of one item, or ("", reason) when the model refused it."""
+        from leaml.pipeline.streaming import ItemFailure, call_isolating
+
+        if isinstance(sampled, ItemFailure):
+            return "", sampled.reason
+        cands, probs = sampled
+        rows = judge_candidates(ref, cands, self.known, self.cfg.model)
+        # the filter's option scores are one more model call on this item alone
+        (scored,) = call_isolating(lambda _: [self._filter(rows, frames, probs)], [ref], self.retry)
+        return ("", scored.reason) if isinstance(scored, ItemFailure) else (json.dumps(rows), "")
 
     def _sample(self, media: list[list], refs: list[MediaRef]) -> list[tuple[list[str], dict | None]]:
         """(candidate texts, option probabilities per question when the sampler already has them)."""
         ids = [r.id for r in refs]
         if self.cfg.decoding == "free":
-            return [(texts, None) for texts in self._call("sample", media, ids)]
+            return [(texts, None) for texts in self._call("sample", media, ids, self.known)]
         out = self._call("sample_constrained", media, ids, self.known)
         return [(o["texts"], o["option_probs"]) for o in out]
 

@@ -11,6 +11,30 @@ Objective = Literal["qa_generator", "vqa", "pretrain"]
 Method = Literal["full", "lora", "masked", "masked_sparse"]
 
 
+class MediaCaps(StrictModel):
+    """Token caps on what one item puts into a model: pixels per frame and text tokens.
+
+    Qwen2.5-VL's processor allows 12.8 M pixels per frame (~16k tokens) by default, the most
+    reported cause of VLM OOMs; every stage that loads a processor applies these caps
+    (:func:`apply_media_caps`), and the memory plan (``leaml plan``) sizes activations by them.
+    Frames per clip are each stage's ``num_frames``.
+    """
+
+    max_pixels: int | None = Field(None, ge=1)
+    """Pixels per frame after resizing (larger frames are scaled down); None = the processor's own.
+    Qwen2.5-VL: one LLM token per 28x28 pixels, so 401408 = 512 tokens a frame."""
+    min_pixels: int | None = Field(None, ge=1)
+    """Smaller frames are scaled up to this many pixels; None = the processor's own."""
+    max_text_tokens: int = Field(512, ge=1)
+    """Prompt + target text tokens of one item; an item above it is refused (:func:`check_item_tokens`)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MediaCaps":
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
+        return self
+
+
 class LoraSettings(StrictModel):
     r: int = Field(8, ge=1)
     """LoRA rank: higher = more capacity and memory."""
@@ -33,6 +57,13 @@ class MaskSettings(StrictModel):
     scoring_batch_size: int = Field(8, ge=1)
     """Batch size used to accumulate the mean QA gradient over the labeled set (result does not
     depend on it)."""
+    scoring_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights of the scoring forward/backward. Score sums are float32 either way; bfloat16 halves
+    the weights on a GPU (the scores are a mean of gradients: bf16 rounding only reorders near-ties)."""
+    scoring_gpus: float = Field(0.0, ge=0)
+    """GPUs of the Ray task that scores (0 = CPU). The task runs on a worker, never in the driver."""
+    scoring_cpus: float = Field(1.0, gt=0)
+    """CPUs of the scoring task (fractional on small machines)."""
 
 
 class ScalingSettings(StrictModel):
@@ -72,6 +103,14 @@ class TrainConfig(StrictModel):
     """Weight of L_C in L_G = L_QA + w * L_C (qa_generator only; 0 disables distillation)."""
     caption_every: int = Field(1, ge=1)
     """Take a caption batch every N steps (the labeled:unlabeled sampling ratio)."""
+    freeze: list[str] = []
+    """full only: qualified-name substrings of parameters kept fixed (e.g. ``visual.blocks``
+    while a pretrained tower's connector and language model are aligned to it)."""
+    pack_by_media: bool = False
+    """vqa sources: all QA pairs of one media item in one multi-turn sequence (loss on the answers
+    only), so the item is encoded once per step instead of once per question."""
+    max_turns: int = Field(8, ge=1)
+    """Most QA pairs packed into one sequence (longer lists are split into several items)."""
     lora: LoraSettings = LoraSettings()
     mask: MaskSettings = MaskSettings()
     scaling: ScalingSettings = ScalingSettings()
@@ -80,7 +119,16 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(0, ge=0)
     """Steps between resumable checkpoints (0 = only at the end)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: autocast the forward to bfloat16 (GPUs); weights, grads and AdamW state stay fp32."""
+    """bf16: autocast the forward to bfloat16 (GPUs), and, where the method trains a separate copy
+    (lora: adapters, masked_sparse: the selected entries, both kept fp32), the frozen weights are
+    stored in bf16. full and masked update the weights themselves, so those stay fp32: an AdamW step
+    at lr 1e-5 changes a weight by ~1e-5 of its size, below bf16's resolution (2^-8), and would be
+    rounded away. fp32: everything fp32 (the CPU default)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer in backward (``gradient_checkpointing_enable``): activations drop
+    from every layer's intermediates to one layer input per layer, for ~1/3 more compute."""
+    media: MediaCaps = MediaCaps()
+    """Pixel and text caps of every item (the plan sizes activations by them)."""
     seed: int = 0
     num_frames: int = Field(8, ge=1)
     """Frames per video item."""
@@ -89,6 +137,8 @@ class TrainConfig(StrictModel):
     def _consistent(self) -> "TrainConfig":
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
+        if self.freeze and self.method != "full":
+            raise ValueError(f"train.freeze applies to method 'full' only, not {self.method!r}")
         if self.k_is_fraction and self.mask.k > 1:
             raise ValueError("mask.k must be an integer count >= 1 or a fraction in (0, 1)")
         return self

@@ -30,6 +30,12 @@ class TrainItem:
     prompt: str
     target: str
     media_root: str = ""
+    more_turns: tuple[tuple[str, str], ...] = ()
+    """Further (prompt, target) turns about the same media (a packed item, see ``pack_by_media``)."""
+
+    @property
+    def conversation(self) -> list[tuple[str, str]]:
+        return [(self.prompt, self.target), *self.more_turns]
 
 
 class DataSpec(StrictModel):
@@ -77,14 +83,33 @@ def caption_items(captions: list[Caption], media: dict[str, MediaRef], media_roo
     return items
 
 
-def load_items(spec: DataSpec) -> list[TrainItem]:
+def load_items(spec: DataSpec, max_turns: int = 1) -> list[TrainItem]:
+    """The source's items; ``max_turns`` > 1 packs a vqa source by media (see ``pack_by_media``)."""
     if spec.kind == "caption":
         refs = _load_media_index(spec.media_index) if spec.media_index else {}
         items = caption_items(load_records(spec.uri, Caption), refs, spec.media_root)
     else:
         examples = load_records(spec.uri, VQAExample)
         items = (qa_items if spec.kind == "qa" else vqa_items)(examples, spec.media_root)
-    return items[: spec.limit] if spec.limit else items
+    items = items[: spec.limit] if spec.limit else items
+    # qa stays one pair per sequence: the generator writes one pair from the media alone (Eq. 2)
+    return pack_by_media(items, max_turns) if spec.kind == "vqa" and max_turns > 1 else items
+
+
+def pack_by_media(items: list[TrainItem], max_turns: int) -> list[TrainItem]:
+    """Items about the same media merged into multi-turn items of at most ``max_turns`` pairs, in
+    order of first appearance: a step then encodes each image once for all its questions, as VLM
+    instruction tuning does."""
+    groups: dict[tuple[str, str], list[TrainItem]] = {}
+    for it in items:
+        groups.setdefault((it.media_root, it.media.uri), []).append(it)
+    packed = []
+    for group in groups.values():
+        for i in range(0, len(group), max_turns):
+            head, *rest = group[i:i + max_turns]
+            packed.append(TrainItem(head.media, head.prompt, head.target, head.media_root,
+                                    tuple((r.prompt, r.target) for r in rest)))
+    return packed
 
 
 def _load_media_index(uri: str) -> dict[str, MediaRef]:

@@ -26,12 +26,17 @@ from leaml.config import StrictModel
 from leaml.train.config import TrainConfig
 from leaml.train.data import BatchStream, DataSpec, TrainItem, load_items
 
-STATE_FILE = "trainer_state.pt"
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+"""Training state is tensors (safetensors) + everything else (JSON): nothing in a checkpoint is
+unpickled, so whoever can write the bucket cannot run code on the workers."""
+LEGACY_STATE_FILE = "trainer_state.pt"
 
 
 class TrainJob(StrictModel):
-    name: str = "train"
-    """Run name (Ray Train RunConfig name; resume looks for it under storage_path)."""
+    name: str = Field("train", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    """Run name (Ray Train RunConfig name, suffixed with the fingerprint; one path component, so
+    it can never point outside storage_path)."""
     train: TrainConfig = TrainConfig()
     init_model: str
     """Checkpoint to start from (local dir or s3:// prefix in Hugging Face format)."""
@@ -41,7 +46,11 @@ class TrainJob(StrictModel):
     masks: str | None = None
     """Neuron-mask artifact (safetensors) for the masked methods."""
     local_checkpoint_dir: str | None = None
-    """Single-process runs: where resumable checkpoints go (default ``<out_dir>.ckpt``)."""
+    """Single-process runs: where resumable checkpoints go (default ``<out_dir>.ckpt``); they sit
+    in a subfolder named by the job's fingerprint."""
+    fingerprint: str | None = Field(None, pattern=r"^[0-9a-f]{16,64}$")
+    """What the job trains (settings + content digests of its model, data and masks): the resume
+    key. None: computed from the job (``run_training`` sets it once, in the driver)."""
 
 
 @dataclass
@@ -72,12 +81,12 @@ def train_loop_per_worker(job_dict: dict) -> dict:
         torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
     device = _device(cfg, ctx)
-    model, processor = load_model(job.init_model, device=str(device))
+    model, processor = load_model(job.init_model, device=str(device), caps=cfg.media)
     method = setup_method(model, cfg, job.masks)
     method.processor = processor
-    train_model = _wrap_ddp(method.model, ctx)
+    train_model = _wrap_ddp(method.model, ctx, method.ddp_kwargs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(method.optimizer, _cosine_with_warmup(cfg))
-    streams = [BatchStream(load_items(s), cfg.batch_size, cfg.seed + i, ctx.rank, ctx.world_size)
+    streams = [BatchStream(load_items(s, cfg.max_turns if cfg.pack_by_media else 1), cfg.batch_size, cfg.seed + i, ctx.rank, ctx.world_size)
                for i, s in enumerate(job.data)]
     start, metrics = _resume(job, ctx, method, scheduler)
     batcher = MediaBatcher(processor, cfg.num_frames, device)
@@ -120,12 +129,31 @@ def _maybe_inject_failure(step: int) -> None:
     import os
 
     spec = os.environ.get("LEAML_FAIL_ONCE_AT_STEP")
+    if spec:
+        at, _, marker = spec.partition(":")
+        if step == int(at) and marker and not os.path.exists(marker):
+            Path(marker).write_text(str(step))
+            raise RuntimeError(f"injected failure after step {step}")
+    _maybe_kill_self(step, os.environ.get("LEAML_KILL_ONCE_AT_STEP"))
+
+
+def _maybe_kill_self(step: int, spec: str | None) -> None:
+    """Chaos drills: ``LEAML_KILL_ONCE_AT_STEP=<step>:<marker file>`` SIGKILLs the first worker
+    process to finish that step (no exception, no cleanup: as the OOM killer or a lost spot node
+    would); creating the marker exclusively picks that one worker and disarms the drill."""
+    import os
+    import signal
+
     if not spec:
         return
     at, _, marker = spec.partition(":")
-    if step == int(at) and marker and not os.path.exists(marker):
-        Path(marker).write_text(str(step))
-        raise RuntimeError(f"injected failure after step {step}")
+    if step != int(at) or not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -142,13 +170,16 @@ def _cosine_with_warmup(cfg: TrainConfig):
     return factor
 
 
-def _wrap_ddp(model: torch.nn.Module, ctx: WorkerContext) -> torch.nn.Module:
+def _wrap_ddp(model: torch.nn.Module, ctx: WorkerContext, ddp_kwargs: dict | None = None) -> torch.nn.Module:
+    """DDP with the method's own arguments (``MethodSetup.ddp_kwargs``: gradients as views of the
+    all-reduce buckets, so DDP keeps no second copy of them; no buffer sync for masked_sparse)."""
     if ctx.world_size <= 1:
         return model
     import ray.train.torch
 
     # find_unused_parameters: a batch without video leaves some vision parameters unused.
-    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    kwargs = {"find_unused_parameters": True, **(ddp_kwargs or {})}
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
 
 
 class MediaBatcher:
@@ -159,10 +190,10 @@ class MediaBatcher:
         self._media: dict[tuple[str, str], list] = {}
 
     def __call__(self, items: list[TrainItem]) -> dict[str, torch.Tensor]:
-        from leaml.models.batching import encode_for_training
+        from leaml.models.batching import encode_conversations
 
         media = [self._frames(it) for it in items]
-        inputs = encode_for_training(self.processor, media, [it.prompt for it in items], [it.target for it in items])
+        inputs = encode_conversations(self.processor, media, [it.conversation for it in items])
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
 
     def _frames(self, item: TrainItem) -> list:
@@ -185,14 +216,21 @@ def _step_losses(model, batcher: MediaBatcher, specs: list[DataSpec], streams: l
 
 
 def target_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean over examples of each example's per-token mean NLL on its target (labels != -100)."""
-    labels = inputs["labels"]
-    logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    """Mean over QA pairs (targets) of each one's per-token mean NLL (labels != -100). A packed row
+    holds several pairs, told apart by ``label_turns``: packed or not, every pair weighs the same."""
+    labels, turns = inputs["labels"], inputs.get("label_turns")
+    logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", "label_turns")}).logits
     shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none")
-    mask = (shift_labels != -100).float()
-    per_example = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return per_example.mean()
+    mask = shift_labels != -100
+    if turns is None:
+        per_example = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return per_example.mean()
+    turn = turns[:, 1:][mask]
+    n = int(turn.max()) + 1 if turn.numel() else 1
+    sums = torch.zeros(n, device=nll.device).index_add_(0, turn, nll[mask])
+    counts = torch.zeros(n, device=nll.device).index_add_(0, turn, torch.ones_like(nll[mask]))
+    return (sums / counts.clamp(min=1)).mean()
 
 
 class _Progress:
@@ -226,48 +264,173 @@ class _Progress:
 # at the start and loads the trainable state into it, whatever the method.
 
 
-def _save_state(dirpath: Path, method, scheduler, metrics: dict) -> None:
+def _save_state(dirpath: Path, method, scheduler, metrics: dict, fingerprint: str = "") -> None:
+    from safetensors.torch import save_file
+
     trainable = {n: p.detach().cpu() for n, p in method.model.named_parameters() if p.requires_grad}
-    torch.save({"step": metrics["step"], "metrics": metrics, "trainable": trainable,
-                "optimizer": method.optimizer.state_dict(), "scheduler": scheduler.state_dict()}, dirpath / STATE_FILE)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _split_tensors({"trainable": trainable, "optimizer": method.optimizer.state_dict()}, "", tensors)
     method.export(str(dirpath / "hf_model"), method.processor)  # usable as is, e.g. to evaluate mid-run
+    save_file(tensors, str(dirpath / STATE_TENSORS))
+    meta = {"format": 1, "fingerprint": fingerprint, "step": metrics["step"], "metrics": metrics,
+            "state": tree, "scheduler": _json_safe(scheduler.state_dict())}
+    (dirpath / STATE_JSON).write_text(json.dumps(meta))  # last: its presence marks a whole checkpoint
 
 
-def _load_state(dirpath: Path, method, scheduler) -> tuple[int, dict]:
-    state = torch.load(dirpath / STATE_FILE, map_location="cpu", weights_only=False)
-    params = dict(method.model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value)
-    method.optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+def _load_state(dirpath: Path, method, scheduler, fingerprint: str = "") -> tuple[int, dict]:
+    from safetensors.torch import load_file
+
+    if not (dirpath / STATE_JSON).exists():
+        return _load_legacy_state(dirpath, method, scheduler)
+    meta = json.loads((dirpath / STATE_JSON).read_text())
+    if fingerprint and meta.get("fingerprint") != fingerprint:
+        raise ValueError(f"checkpoint {dirpath.name} belongs to job {str(meta.get('fingerprint'))[:12]}, "
+                         f"not {fingerprint[:12]}: refusing to resume another job's state")
+    state = _join_tensors(meta["state"], load_file(str(dirpath / STATE_TENSORS)))
+    _apply_state(method, scheduler, state["trainable"], state["optimizer"], meta["scheduler"])
+    return int(meta["step"]), meta.get("metrics", {})
+
+
+def _load_legacy_state(dirpath: Path, method, scheduler) -> tuple[int, dict]:
+    """A checkpoint of the old single-file format: read with ``weights_only=True``, which refuses
+    any pickle that names a callable (a crafted ``__reduce__`` is an UnpicklingError, never run)."""
+    state = torch.load(dirpath / LEGACY_STATE_FILE, map_location="cpu", weights_only=True)
+    _apply_state(method, scheduler, state["trainable"], state["optimizer"], state["scheduler"])
     return int(state["step"]), state.get("metrics", {})
 
 
+def _apply_state(method, scheduler, trainable: dict, optimizer: dict, sched: dict) -> None:
+    params = dict(method.model.named_parameters())
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+    method.optimizer.load_state_dict(optimizer)
+    scheduler.load_state_dict(sched)
+
+
+def _split_tensors(obj, path: str, tensors: dict[str, torch.Tensor]):
+    """A state tree -> JSON (each tensor replaced by ``{"__tensor__": key}``, stored in ``tensors``).
+    Dicts keep non-string keys (optimizer state is keyed by int) as ``{"__items__": [[k, v], ...]}``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu().contiguous()
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        return {"__items__": [[k, _split_tensors(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [_split_tensors(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"training state holds a {type(obj).__name__} at {path or '/'}: not storable without pickle")
+
+
+def _join_tensors(tree, tensors: dict[str, torch.Tensor]):
+    if isinstance(tree, list):
+        return [_join_tensors(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if "__tensor__" in tree:
+        return tensors[tree["__tensor__"]]
+    if "__tuple__" in tree:
+        return tuple(_join_tensors(v, tensors) for v in tree["__tuple__"])
+    return {k: _join_tensors(v, tensors) for k, v in tree["__items__"]}
+
+
+def _json_safe(state: dict) -> dict:
+    """A scheduler's state_dict as JSON: LambdaLR keeps None for plain-function lambdas; anything
+    that is not plain data would need pickle, so it is refused here rather than at load."""
+    json.dumps(state)
+    return state
+
+
 def _local_ckpt_root(job: TrainJob) -> str:
-    return job.local_checkpoint_dir or (job.out_dir.rstrip("/") + ".ckpt")
+    """``<out_dir>.ckpt/<fingerprint>``: a job whose settings or inputs changed finds no checkpoint."""
+    return storage.join(job.local_checkpoint_dir or (job.out_dir.rstrip("/") + ".ckpt"), _job_fingerprint(job))
+
+
+def _job_fingerprint(job: TrainJob) -> str:
+    from leaml.pipeline.fingerprint import job_fingerprint
+
+    # run_training sets it once in the driver; a direct call (tests, debugging) digests the inputs
+    # here, which is cheap: file digests are cached by (size, mtime)
+    return job.fingerprint or job_fingerprint(job)
 
 
 def _resume(job: TrainJob, ctx: WorkerContext, method, scheduler) -> tuple[int, dict]:
-    """(step to start at, metrics of that step) from the latest checkpoint; (0, {}) when none."""
-    if ctx.under_ray:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return 0, {}
-        with ckpt.as_directory() as d:
-            step, metrics = _load_state(Path(d), method, scheduler)
-    else:
-        done = sorted(f for f in storage.list_files(_local_ckpt_root(job)) if f.endswith(STATE_FILE))
-        if not done:
-            return 0, {}
+    """(step to start at, metrics of that step) from the latest whole checkpoint of this job;
+    (0, {}) when none."""
+    fingerprint = _job_fingerprint(job)
+    dirs = _ray_checkpoint_dirs() if ctx.under_ray else _state_dirs(_local_ckpt_root(job))
+    for step_dir in _newest_first(dirs, fingerprint):
         with tempfile.TemporaryDirectory() as d:
-            storage.write_bytes(str(Path(d) / STATE_FILE), storage.read_bytes(done[-1]))
-            step, metrics = _load_state(Path(d), method, scheduler)
+            for name in (STATE_JSON, STATE_TENSORS):
+                storage.write_bytes(str(Path(d) / name), storage.read_bytes(storage.join(step_dir, name)))
+            try:
+                step, metrics = _load_state(Path(d), method, scheduler, fingerprint)
+            except Exception as e:  # noqa: BLE001 - cut short by a kill mid-upload: take the one before
+                print(f"[train] checkpoint {step_dir} is unreadable ({type(e).__name__}); trying an older one",
+                      flush=True)
+                continue
+        if ctx.rank == 0:
+            print(f"[train] resumed at step {step}", flush=True)
+        return step, metrics
+    if ctx.under_ray:  # a storage this scan cannot list: Ray's own record of the latest checkpoint
+        return _resume_from_ray_record(method, scheduler, fingerprint, ctx)
+    return 0, {}
+
+
+def _state_dirs(root: str) -> list[str]:
+    return [f[: -len(STATE_JSON) - 1] for f in storage.list_files(root) if f.endswith("/" + STATE_JSON)]
+
+
+def _ray_checkpoint_dirs() -> list[str]:
+    """Every checkpoint folder of this Ray Train run in storage, whether or not the controller
+    registered it: Ray Train V2 learns of a reported checkpoint when it next polls the workers
+    (every 2 s), so a worker killed right after reporting leaves a whole checkpoint that
+    ``get_checkpoint()`` does not know (measured: a SIGKILL at step 3 restarted from step 0)."""
+    import ray.train
+
+    st = ray.train.get_context().get_storage()
+    root = st.experiment_fs_path
+    if type(st.storage_filesystem).__name__ == "S3FileSystem":
+        root = "s3://" + root.lstrip("/")
+    elif type(st.storage_filesystem).__name__ != "LocalFileSystem":
+        return []
+    return [d for d in _state_dirs(root) if "/checkpoint_" in d]
+
+
+def _newest_first(dirs: list[str], fingerprint: str) -> list[str]:
+    """Checkpoint folders of this job, highest step first (their JSON is small: read them all)."""
+    steps = []
+    for d in dirs:
+        try:
+            meta = json.loads(storage.read_text(storage.join(d, STATE_JSON)))
+        except (OSError, ValueError):
+            continue
+        if meta.get("fingerprint") == fingerprint:
+            steps.append((int(meta["step"]), d))
+    return [d for _, d in sorted(steps, reverse=True)]
+
+
+def _resume_from_ray_record(method, scheduler, fingerprint: str, ctx: WorkerContext) -> tuple[int, dict]:
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, {}
+    with ckpt.as_directory() as d:
+        step, metrics = _load_state(Path(d), method, scheduler, fingerprint)
     if ctx.rank == 0:
         print(f"[train] resumed at step {step}", flush=True)
     return step, metrics
+
+
+def _upload_checkpoint(local: Path, dest: str) -> None:
+    """Copy a checkpoint dir with its ``trainer_state.json`` last, so a copy cut short is never
+    taken for a whole checkpoint."""
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    for p in sorted(files, key=lambda p: p.name == STATE_JSON):
+        storage.write_bytes(storage.join(dest, str(p.relative_to(local))), p.read_bytes())
 
 
 def _report(job: TrainJob, ctx: WorkerContext, method, scheduler, metrics: dict, with_checkpoint: bool) -> None:
@@ -275,8 +438,8 @@ def _report(job: TrainJob, ctx: WorkerContext, method, scheduler, metrics: dict,
     if not ctx.under_ray:
         if with_checkpoint:
             with tempfile.TemporaryDirectory() as d:
-                _save_state(Path(d), method, scheduler, metrics)
-                storage.upload_dir(d, storage.join(_local_ckpt_root(job), f"step-{step:07d}"))
+                _save_state(Path(d), method, scheduler, metrics, _job_fingerprint(job))
+                _upload_checkpoint(Path(d), storage.join(_local_ckpt_root(job), f"step-{step:07d}"))
         return
     import ray.train
 
@@ -286,6 +449,6 @@ def _report(job: TrainJob, ctx: WorkerContext, method, scheduler, metrics: dict,
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if ctx.rank == 0:  # masks and weights are identical on every rank: one copy is enough
-            _save_state(Path(d), method, scheduler, metrics)
+            _save_state(Path(d), method, scheduler, metrics, _job_fingerprint(job))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=checkpoint)

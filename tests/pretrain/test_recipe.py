@@ -1,0 +1,100 @@
+"""The staged base-model recipe on a toy corpus: what each stage moves, what it records, and that
+the base models do not depend on the downstream world's seed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from leaml.data.world import CORPUS_SEED, WorldConfig, build_corpus, build_world
+from leaml.models.builders import load_model
+from leaml.pipeline.base_models import BaseModelSource, CorpusSettings, cache_key
+from leaml.pretrain.recipe import PretrainSettings, StageSettings, TowerSettings, run_recipe, tower_corpus
+from leaml.pretrain.tower import train_tower
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("corpus"))
+    build_corpus(out, n_general=160, n_teacher_pool=40, workers=1)
+    return out
+
+
+def _params(model, part: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if part in n}
+
+
+def test_corpus_is_fixed_and_disjoint_from_worlds(corpus, tmp_path):
+    info = json.loads(open(f"{corpus}/corpus.json").read())
+    assert info["seed"] == CORPUS_SEED and info["sizes"]["general_images"] == 160
+    again = str(tmp_path / "again")
+    build_corpus(again, n_general=160, n_teacher_pool=40, workers=1)
+    for name in ("general/qa.jsonl", "teacher_corpus.jsonl", "vocab.jsonl"):
+        assert open(f"{corpus}/{name}").read() == open(f"{again}/{name}").read(), name
+    # the tokenizer-only endo QA covers every template's answers seen in the corpus pool
+    assert sum(1 for _ in open(f"{corpus}/vocab.jsonl")) > 40
+
+
+def test_tower_stage_learns_and_moves_only_the_vision_side(corpus, tiny_base):
+    model, processor = load_model(tiny_base)
+    lm_before, vis_before = _params(model, "language_model"), _params(model, "visual")
+    images, scenes, heads = tower_corpus(corpus, "student")
+    res = train_tower(model, processor, images, scenes, heads, steps=60, batch_size=32, lr=3e-3,
+                      held_out=40, log=lambda m: None)
+    assert res.held_out["background"] > 0.5  # 6 backgrounds: chance is 1/6
+    assert all(torch.equal(p, _params(model, "language_model")[n]) for n, p in lm_before.items())
+    assert any(not torch.equal(p, _params(model, "visual")[n]) for n, p in vis_before.items())
+
+
+def test_teacher_tower_also_reads_its_noisy_endo_corpus(corpus):
+    images, scenes, heads = tower_corpus(corpus, "teacher")
+    assert len(images) == 200 and any(h.name == "endo/finding" for h in heads)
+    general = [h for h in heads if h.name == "background"][0]
+    endo = [s for s in scenes if "finding" in s]
+    assert endo and all(general.read(s) == -1 for s in endo)  # a general head skips endo pictures
+
+
+def test_recipe_stages_record_and_freeze(corpus, tmp_path):
+    settings = PretrainSettings(tower=TowerSettings(steps=5, batch_size=16),
+                                align=StageSettings(steps=3, batch_size=4, warmup_steps=1),
+                                instruct=StageSettings(steps=2, batch_size=4, warmup_steps=1))
+    out = str(tmp_path / "student")
+    record = run_recipe("tiny-qwen2.5-vl", "student", corpus, out, settings, log=lambda m: None)
+    assert set(record["stages"]) == {"tower", "align", "instruct"}
+    assert json.loads(open(f"{out}/pretrain.json").read())["settings"] == settings.key()
+    model, _ = load_model(out)
+    assert not list(tmp_path.glob("student.*"))  # intermediate stages cleaned up
+
+
+def test_align_stage_keeps_the_tower_blocks_fixed(corpus, tmp_path):
+    from leaml.pretrain.recipe import _tower_blocks, _train_stage
+
+    settings = PretrainSettings()
+    init = str(tmp_path / "init")
+    from leaml.models.init import init_base_model
+    init_base_model("tiny-qwen2.5-vl", corpus, init)
+    before, _ = load_model(init)
+    freeze = _tower_blocks(init)
+    _train_stage("align", "student", init, str(tmp_path / "aligned"), corpus,
+                 StageSettings(steps=2, batch_size=2, warmup_steps=1), freeze, settings)
+    after, _ = load_model(str(tmp_path / "aligned"))
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    for name in b:
+        moved = not torch.equal(b[name], a[name])
+        assert moved != any(f in name for f in freeze) or "lm_head" in name or not moved, name
+    assert all(torch.equal(b[n], a[n]) for n in b if any(f in n for f in freeze))
+    assert any(not torch.equal(b[n], a[n]) for n in b if "merger" in n)  # the connector aligns
+
+
+def test_base_model_key_ignores_the_world_seed(tmp_path):
+    src = BaseModelSource(preset="tiny-qwen2.5-vl", corpus=CorpusSettings(n_general=100, n_teacher_pool=10))
+    keys = set()
+    for seed in (0, 1):
+        world = tmp_path / f"world-{seed}"
+        build_world(WorldConfig(seed=seed, n_general=4, n_endo_train=8, n_endo_test=4, n_teacher_pool=2), str(world))
+        keys.add(cache_key(str(world), "student", src))
+    assert len(keys) == 1
+    assert cache_key("", "teacher", src) not in keys
+    other = src.model_copy(update={"pretrain": PretrainSettings(tower=TowerSettings(steps=1))})
+    assert cache_key("", "student", other) not in keys
