@@ -31,12 +31,7 @@ class KillOnceCaptioner(captioner.Captioner):
 
     def caption(self, media, reports=None):
         self.calls += 1
-        if self.calls == self.at:
-            try:
-                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                os.kill(os.getpid(), signal.SIGKILL)
-            except FileExistsError:
-                pass
+        _kill_once(self.calls == self.at, self.marker)
         return super().caption(media, reports)
 
 
@@ -49,13 +44,20 @@ class KillOnceRequester(captioner.CaptionRequester):
 
     def __call__(self, batch):
         self.calls += 1
-        if self.calls == self.at:
-            try:
-                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                os.kill(os.getpid(), signal.SIGKILL)
-            except FileExistsError:
-                pass
+        _kill_once(self.calls == self.at, self.marker)
         return super().__call__(batch)
+
+
+def _kill_once(due: bool, marker: str) -> None:
+    """SIGKILL this process when ``due``, unless ``marker`` exists: it is created exclusively first,
+    so exactly one process dies, once, however many replicas or actors get there."""
+    if not due:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
