@@ -146,6 +146,9 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
         # Local listings come back normalised by Path ("./x/a" -> "x/a"), so take the relative part
         # with relative_to rather than by string prefix, which flattened nested trees.
         rel = f[len(uri.rstrip("/")) + 1:] if is_s3(uri) else str(Path(f).relative_to(Path(uri)))
+        if rel.startswith("/") or ".." in rel.replace("\\", "/").split("/"):
+            # an S3 key is any string: "a/../../x" would write outside local_dir
+            raise ValueError(f"refusing to download {f!r}: its key leaves {local_dir}")
         dest = local_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(read_bytes(f))

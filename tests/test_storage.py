@@ -151,3 +151,13 @@ def test_join():
 def _tree(root: Path) -> dict[str, bytes]:
     root = Path(root)
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}  # dot-files: cache stamps
+
+
+def test_download_refuses_a_key_that_leaves_the_target(s3_bucket, tmp_path):
+    # S3 keys are plain strings: "dataset/../escape.txt" must not land beside the download dir
+    bucket = s3_bucket.removeprefix("s3://")
+    storage._s3_client().put_object(Bucket=bucket, Key="dataset/ok.txt", Body=b"ok")
+    storage._s3_client().put_object(Bucket=bucket, Key="dataset/../escape.txt", Body=b"x")
+    with pytest.raises(ValueError, match="leaves"):
+        storage.download_dir(storage.join(s3_bucket, "dataset"), tmp_path / "dest" / "inner")
+    assert not (tmp_path / "dest" / "escape.txt").exists()
