@@ -33,7 +33,7 @@ from leaml.data import synth_sport
 from leaml.data.synth_common import options_by_template, rng_for, with_options
 from leaml.data.synth_sport import BEATS, TEMPLATES, SportScene, frame_beats, frame_view
 from leaml.data.world import (
-    LABELED_SELECTION, WorldConfig, _general_job, _run_items, accuracy_by_category, labeled_pick_seed, select_labeled,
+    LABELED_SELECTION, WorldConfig, _run_items, build_general, accuracy_by_category, labeled_pick_seed, select_labeled,
     unlabeled_media,
 )
 from leaml.media import write_video
@@ -193,10 +193,7 @@ def _build_general(cfg: SportWorldConfig, out: str, workers: int) -> tuple[list[
     """The image world's general domain, built by its own job with this seed and frame size."""
     gcfg = WorldConfig(seed=cfg.seed, image_size=cfg.frame_size, n_general=cfg.n_general,
                        general_questions_per_image=cfg.general_questions_per_image)
-    records = _run_items(out, _general_job, [(gcfg, i) for i in range(cfg.n_general)], workers, "general")
-    captions = [r for r in records if isinstance(r, Caption)]
-    qa = [r for r in records if isinstance(r, VQAExample)]
-    return captions, with_options(qa, options_by_template((ex.template, ex.answer) for ex in qa))
+    return build_general(gcfg, out, workers)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,10 +101,7 @@ def build_world(cfg: WorldConfig, out: str, workers: int | None = None) -> World
     labeled = select_labeled(train, cfg.labeled_fraction, labeled_pick_seed(cfg))
     unlabeled = unlabeled_media(train, labeled)
     teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(cfg.n_teacher_pool)], workers, "teacher pool")
-    general = _run_items(out, _general_job, [(cfg, i) for i in range(cfg.n_general)], workers, "general")
-    general_captions = [r for r in general if isinstance(r, Caption)]
-    general_qa = [r for r in general if isinstance(r, VQAExample)]
-    general_qa = with_options(general_qa, options_by_template((ex.template, ex.answer) for ex in general_qa))
+    general_captions, general_qa = build_general(cfg, out, workers)
 
     prior = prior_only_accuracy(train, test)
     sizes = {"endo_train_images": cfg.n_endo_train, "endo_test_images": cfg.n_endo_test,
@@ -141,15 +138,12 @@ def build_corpus(out: str, n_general: int = 6000, n_teacher_pool: int = 3000, im
     cfg = WorldConfig(seed=seed, image_size=image_size, n_general=n_general, n_teacher_pool=n_teacher_pool,
                       caption_mention_p=caption_mention_p, caption_wrong_p=caption_wrong_p)
     workers = workers or os.cpu_count() or 1
-    general = _run_items(out, _general_job, [(cfg, i) for i in range(n_general)], workers, "general")
+    captions, qa = build_general(cfg, out, workers)
     teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(n_teacher_pool)], workers, "teacher pool")
     vocab = [qa for c in teacher for qa in synth_endo.endo_questions(
         synth_endo.EndoScene(**c.meta["scene"]), rng_for(seed, c.media_id, "questions"),
         MediaRef(id=c.media_id, uri=c.meta["uri"]), (len(synth_endo.TEMPLATES),) * 2, "train")]
     vocab = with_options(vocab, options_by_template((ex.template, ex.answer) for ex in vocab))
-    captions = [r for r in general if isinstance(r, Caption)]
-    qa = [r for r in general if isinstance(r, VQAExample)]
-    qa = with_options(qa, options_by_template((ex.template, ex.answer) for ex in qa))
     for name, records in (("general/captions.jsonl", captions), ("general/qa.jsonl", qa),
                           ("teacher_corpus.jsonl", teacher), ("vocab.jsonl", vocab)):
         save_records(storage.join(out, name), records)
@@ -157,6 +151,15 @@ def build_corpus(out: str, n_general: int = 6000, n_teacher_pool: int = 3000, im
             "sizes": {"general_images": n_general, "general_qa": len(qa), "teacher_captions": len(teacher)}}
     storage.write_text(storage.join(out, "corpus.json"), json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
+
+
+def build_general(cfg: WorldConfig, out: str, workers: int) -> tuple[list[Caption], list[VQAExample]]:
+    """The general domain's ``cfg.n_general`` pictures under ``out``: their captions and QA pairs
+    (options = every answer seen for the template across the set)."""
+    records = _run_items(out, _general_job, [(cfg, i) for i in range(cfg.n_general)], workers, "general")
+    captions = [r for r in records if isinstance(r, Caption)]
+    qa = [r for r in records if isinstance(r, VQAExample)]
+    return captions, with_options(qa, options_by_template((ex.template, ex.answer) for ex in qa))
 
 
 # One job per media item: (args) -> (relative uri, PNG bytes, records). Module-level functions, so

@@ -94,11 +94,11 @@ def ensure_corpus(src: BaseModelSource, cache_dir: str) -> str:
 
 
 def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir: str | None = None,
-                      engine: str = "local", domain: Domain = "endo") -> str:
+                      domain: Domain = "endo") -> str:
     """The checkpoint URI for ``role``: the given path, a shipped asset, the cache, or pretrained now.
 
-    Pretraining runs in this process (``engine`` is accepted for symmetry with the other stages:
-    the recipe's stages are short single-worker fits, where a Ray Train job only adds start-up)."""
+    Pretraining runs in this process: the recipe's stages are short single-worker fits, where a
+    Ray Train job would only add start-up."""
     from leaml.pretrain.assets import find_asset
 
     if src.path:
@@ -124,7 +124,7 @@ def pretrain_base_models(cfg, roles: list[Role], release: bool = False) -> dict[
     pipeline config, ignoring shipped assets; ``release``: measure each on held-out media and
     write it into ``assets/base_models`` with its manifest entry. Returns {role: checkpoint}."""
     from leaml.pretrain.assets import release as release_asset
-    from leaml.pretrain.quality import base_quality
+    from leaml.pretrain.quality import base_quality, summary
 
     if cfg.world.domain != "endo":
         raise ValueError("shipped base models exist for the endo world only; the sport world pretrains "
@@ -136,13 +136,5 @@ def pretrain_base_models(cfg, roles: list[Role], release: bool = False) -> dict[
         if release:
             quality = base_quality(out[role], role)
             entry = release_asset(out[role], cache_key("", role, src), quality)
-            print(f"[base] released {entry['key']}: {json_summary(quality)}", flush=True)
+            print(f"[base] released {entry['key']}: {summary(quality)}", flush=True)
     return out
-
-
-def json_summary(quality: dict) -> str:
-    parts = [f"general VQA {100 * quality['general_vqa_accuracy']:.1f}% (prior {100 * quality['general_vqa_prior']:.1f}%)"]
-    if "captions" in quality:
-        c = quality["captions"]
-        parts.append(f"captions recall {c['recall']:.2f} precision {c['precision']:.2f} distinct {c['distinct']:.2f}")
-    return ", ".join(parts)

@@ -205,8 +205,7 @@ def stage_base(run: Run, role: str) -> Stage:
 
     def go():
         src = getattr(run.cfg, role)
-        uri = ensure_base_model(run.data, role, src, run.cfg.cache_dir, engine=run.cfg.engine,
-                                domain=run.cfg.world.domain)
+        uri = ensure_base_model(run.data, role, src, run.cfg.cache_dir, domain=run.cfg.world.domain)
         storage.write_text(run.path("models", f"{role}.json"), json.dumps({"uri": uri}))
 
     src = getattr(run.cfg, role)

@@ -67,3 +67,12 @@ def teacher_captions(model, processor, corpus_dir: str, batch_size: int) -> dict
         texts += [g[0] for g in generate(model, processor, media, [caption_prompt()] * len(chunk), max_new_tokens=48)]
     q = caption_quality(texts, [c.meta["scene"] for c in caps])
     return {**asdict(q), "examples": texts[:3]}
+
+
+def summary(quality: dict) -> str:
+    """One line of :func:`base_quality`'s figures."""
+    parts = [f"general VQA {100 * quality['general_vqa_accuracy']:.1f}% (prior {100 * quality['general_vqa_prior']:.1f}%)"]
+    if "captions" in quality:
+        c = quality["captions"]
+        parts.append(f"captions recall {c['recall']:.2f} precision {c['precision']:.2f} distinct {c['distinct']:.2f}")
+    return ", ".join(parts)

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from leaml import storage
 from leaml.config import StrictModel
-from leaml.records import Caption, VQAExample, load_records
+from leaml.records import Caption, load_records
 from leaml.train.config import ScalingSettings, TrainConfig
 from leaml.train.data import DataSpec
 

@@ -141,14 +141,19 @@ def _maybe_kill_self(step: int, spec: str | None) -> None:
     """Chaos drills: ``LEAML_KILL_ONCE_AT_STEP=<step>:<marker file>`` SIGKILLs the first worker
     process to finish that step (no exception, no cleanup: as the OOM killer or a lost spot node
     would); creating the marker exclusively picks that one worker and disarms the drill."""
-    import os
-    import signal
-
     if not spec:
         return
     at, _, marker = spec.partition(":")
-    if step != int(at) or not marker:
-        return
+    if step == int(at) and marker:
+        kill_self_once(marker)
+
+
+def kill_self_once(marker: str) -> None:
+    """SIGKILL this process unless ``marker`` exists: it is created exclusively first, so exactly
+    one process dies, once, however many workers, replicas or actors get there."""
+    import os
+    import signal
+
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:

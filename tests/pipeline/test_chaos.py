@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from leaml.pipeline import captioner
 from leaml.pipeline.streaming import StreamConfig, read_errors, read_shards, run_sharded
 from leaml.records import MediaRef, load_records
+from leaml.train.loop import kill_self_once
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -49,15 +49,8 @@ class KillOnceRequester(captioner.CaptionRequester):
 
 
 def _kill_once(due: bool, marker: str) -> None:
-    """SIGKILL this process when ``due``, unless ``marker`` exists: it is created exclusively first,
-    so exactly one process dies, once, however many replicas or actors get there."""
-    if not due:
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+    if due:
+        kill_self_once(marker)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +115,22 @@ def _assert_same_as_undisturbed(out: Path, undisturbed, counts: dict) -> None:
     assert [e.media_id for e in read_errors(str(out))] == ["broken"]
 
 
+def _kill_one_and_finish(victim: str, ray_serve, undisturbed, tmp_path) -> float:
+    """Run the stage with ``victim`` ("replica" or "actor") armed to die and the other spared;
+    the stage must finish in place, equal to the undisturbed run. Returns its seconds."""
+    items, cfg, _, _ = undisturbed
+    killed, spared = tmp_path / "killed", tmp_path / "spared"
+    spared.write_text("")
+    markers = (killed, spared) if victim == "replica" else (spared, killed)
+    counts, seconds = _stage(ray_serve, cfg, items, tmp_path / "out", *markers)
+    assert killed.exists(), f"the {victim} was not killed"
+    _assert_same_as_undisturbed(tmp_path / "out", undisturbed, counts)
+    return seconds
+
+
 @pytest.mark.timeout(900)
 def test_killed_serve_replica_is_replaced_and_the_stage_finishes_in_place(ray_serve, undisturbed, tmp_path, capsys):
-    items, cfg, _, _ = undisturbed
-    (tmp_path / "actor-spared").write_text("")
-    counts, seconds = _stage(ray_serve, cfg, items, tmp_path / "out", tmp_path / "killed", tmp_path / "actor-spared")
-    assert (tmp_path / "killed").exists(), "the replica was not killed"
-    _assert_same_as_undisturbed(tmp_path / "out", undisturbed, counts)
+    seconds = _kill_one_and_finish("replica", ray_serve, undisturbed, tmp_path)
     with capsys.disabled():
         print(f"\n[chaos] Serve replica SIGKILLed on its 3rd batch of 4: 16-item stage took {seconds:.0f}s")
 
@@ -136,10 +138,6 @@ def test_killed_serve_replica_is_replaced_and_the_stage_finishes_in_place(ray_se
 @pytest.mark.timeout(900)
 def test_killed_ray_data_actor_is_restarted_and_the_stage_finishes_in_place(ray_serve, undisturbed, tmp_path,
                                                                            capsys):
-    items, cfg, _, _ = undisturbed
-    (tmp_path / "replica-spared").write_text("")
-    counts, seconds = _stage(ray_serve, cfg, items, tmp_path / "out", tmp_path / "replica-spared", tmp_path / "killed")
-    assert (tmp_path / "killed").exists(), "the Ray Data actor was not killed"
-    _assert_same_as_undisturbed(tmp_path / "out", undisturbed, counts)
+    seconds = _kill_one_and_finish("actor", ray_serve, undisturbed, tmp_path)
     with capsys.disabled():
         print(f"\n[chaos] Ray Data actor SIGKILLed on its 2nd batch of 4: 16-item stage took {seconds:.0f}s")
