@@ -118,11 +118,11 @@ class ServiceLimits(BaseModel):
     max_body_bytes: int = Field(16_000_000, gt=0)
     """Largest request body; base64 in JSON is 4/3 of the media size, so keep it >= 1.34 x media."""
     max_question_chars: int = Field(1000, gt=0)
-    """Longest question, in characters after trimming."""
+    """Longest question, in characters as sent (the schema's maxLength)."""
     max_options: int = Field(26, ge=2)
     """Most answer options per question."""
     max_option_chars: int = Field(200, gt=0)
-    """Longest option, in characters after trimming."""
+    """Longest option, in characters as sent (the schema's maxLength)."""
     video_frames: int = Field(8, gt=0)
     """Frames sampled uniformly from a video (more frames: more context, more model time)."""
     max_concurrent_decodes: int = Field(4, gt=0)
@@ -514,19 +514,21 @@ async def _form_fields(form) -> ParsedRequest:
 
 def check_text(question: str, options: list[str], limits: ServiceLimits) -> tuple[str, tuple[str, ...]]:
     """Trimmed question and options, or an :class:`ApiError` saying which limit they break."""
+    # Lengths are of the text as sent, as the OpenAPI schema's maxLength states (schemathesis sent a
+    # question of 1,000 characters plus padding, which the trimmed count let through).
+    if len(question) > limits.max_question_chars:
+        raise ApiError("question_too_long",
+                       f"question has {len(question)} characters; the limit is {limits.max_question_chars}")
     q = question.strip()
     if not q:
         raise ApiError("empty_question", "`question` is empty")
-    if len(q) > limits.max_question_chars:
-        raise ApiError("question_too_long",
-                       f"question has {len(q)} characters; the limit is {limits.max_question_chars}")
     if len(options) > limits.max_options:
         raise ApiError("too_many_options", f"{len(options)} options; the limit is {limits.max_options}")
     opts = tuple(o.strip() for o in options)
     if opts:
         if len(opts) < 2:
             raise ApiError("invalid_options", "give at least 2 options, or none")
-        if any(not o or "|" in o or len(o) > limits.max_option_chars for o in opts):
+        if any(not o or "|" in o or len(raw) > limits.max_option_chars for o, raw in zip(opts, options)):
             raise ApiError("invalid_options",
                            f"options must be non-empty, at most {limits.max_option_chars} characters, without '|'")
         if len(set(opts)) != len(opts):
