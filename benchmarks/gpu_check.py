@@ -67,7 +67,7 @@ def phase(name: str, t0: float) -> None:
 
 
 def build_inputs(work: Path, k: float) -> dict[str, str]:
-    from leaml.data.world import WorldConfig, build_world
+    from leaml.data.endo_world import WorldConfig, build_world
     from leaml.models.builders import INFO_ATTR, build_tiny_processor, build_tiny_qwen2_5_vl, save_model
     from leaml.models.init import tokenizer_corpus
     from leaml.models.tokenizer import train_tokenizer

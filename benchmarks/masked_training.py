@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leaml.data.world import WorldConfig, build_world  # noqa: E402
+from leaml.data.endo_world import WorldConfig, build_world  # noqa: E402
 from leaml.models.builders import load_model  # noqa: E402
 from leaml.models.init import init_base_model  # noqa: E402
 from leaml.records import VQAExample, load_records  # noqa: E402

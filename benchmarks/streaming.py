@@ -17,7 +17,7 @@ import time
 
 
 def build_inputs(tmp: str, n_items: int) -> tuple[str, list[dict]]:
-    from leaml.data.world import WorldConfig, build_world
+    from leaml.data.endo_world import WorldConfig, build_world
     from leaml.models.init import init_base_model
     from leaml.records import MediaRef, load_records
 

@@ -26,7 +26,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leaml.data.world import WorldConfig, accuracy_by_category, build_world, prior_only_accuracy  # noqa: E402
+from leaml.data.endo_world import WorldConfig, build_world  # noqa: E402
+from leaml.data.world import accuracy_by_category, prior_only_accuracy  # noqa: E402
 from leaml.data.synth_common import LOCATIONS  # noqa: E402
 from leaml.records import VQAExample, load_records  # noqa: E402
 

@@ -26,7 +26,7 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
 
 def cmd_data_synth(args) -> None:
     from leaml.config import load_config
-    from leaml.data.world import WorldConfig, build_world
+    from leaml.data.endo_world import WorldConfig, build_world
 
     cfg = load_config(WorldConfig, args.config, args.overrides)
     t0 = time.perf_counter()
@@ -50,7 +50,8 @@ def cmd_data_synth_sport(args) -> None:
     for name, n in summary.sizes.items():
         print(f"  {name:<20}{n:>8}")
     for label, acc in (("prior-only (most common train answer per question)", summary.prior_only),
-                       ("single middle frame (what that one frame shows, read perfectly)", summary.middle_frame)):
+                       ("single middle frame (what that one frame shows, read perfectly)",
+                        summary.baselines["middle_frame"])):
         per = acc["per_category"]
         cats = ", ".join(f"{c} {100 * per[c]:.1f}" for c in ("easy", "medium", "hard") if c in per)
         print(f"{label}: {100 * acc['mean_of_categories']:.1f}% mean of categories ({cats})")

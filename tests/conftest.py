@@ -51,7 +51,7 @@ TINY_WORLD = dict(seed=0, n_general=40, n_endo_train=60, n_endo_test=20, n_teach
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> str:
-    from leaml.data.world import WorldConfig, build_world
+    from leaml.data.endo_world import WorldConfig, build_world
 
     out = str(tmp_path_factory.mktemp("world"))
     build_world(WorldConfig(**TINY_WORLD), out)

@@ -92,7 +92,7 @@ def convert_kvasir(cfg: KvasirConvertConfig, src: str, out: str) -> ConversionSu
                                         round(cfg.test_fraction * rows_in), cfg.seed)
     remove_unused_media(out, {e.media.id: e.media.uri for e in examples}, train + test)
     meta = {"domain": "kvasir", "title": "Kvasir-VQA", "source": src, "paper": kvasir.PAPER,
-            "prior_only": prior_only_accuracy(train, test),
+            "prior_only": prior_only_accuracy(train, test, kvasir.PAPER_CATEGORIES),
             "split_rule": "by image; test filled first, then train, to the fractions of the rows read",
             "multi_answer": "an answer listing several findings ('a; b') is one option, the whole "
                             "normalised string; options = every answer seen for the question template"}

@@ -22,7 +22,7 @@ from typing import Sequence
 from pydantic import BaseModel
 
 from leaml import storage
-from leaml.data.world import LABELED_SELECTION, labeled_pick_seed, select_labeled, unlabeled_media
+from leaml.data.world import DOMAINS, LABELED_SELECTION, domain_spec, labeled_pick_seed, select_labeled, unlabeled_media
 from leaml.records import ErrorRecord, VQAExample, save_records
 
 METADATA = "dataset.json"
@@ -91,10 +91,6 @@ def remove_unused_media(out: str, written: dict[str, str], used: Sequence[VQAExa
 
 
 # The paper's figure each synthetic world stands in for (its report keeps every category in the Average).
-_STAND_IN = {"endo": {"benchmark": "Kvasir-VQA", "gap_closure": 0.49},
-             "sport": {"benchmark": "SPORTU", "gap_closure": 0.34}}
-
-
 def load_dataset_info(data_dir: str) -> DatasetInfo:
     """``dataset.json`` of a converted dataset, else the synthetic world's ``world.json``."""
     meta_uri = storage.join(data_dir, METADATA)
@@ -106,4 +102,13 @@ def load_dataset_info(data_dir: str) -> DatasetInfo:
     world_uri = storage.join(data_dir, "world.json")
     world = json.loads(storage.read_text(world_uri)) if storage.exists(world_uri) else {}
     domain = world.get("domain", "endo")
-    return DatasetInfo(domain=domain, title=domain, paper=_STAND_IN.get(domain), prior_only=world.get("prior_only"))
+    return DatasetInfo(domain=domain, title=domain, paper=stand_in(domain), prior_only=world.get("prior_only"))
+
+
+def stand_in(domain: str) -> dict | None:
+    """The paper's benchmark and gap closure that a synthetic ``domain`` stands in for (its
+    average is over every category, so the paper's category list is left out); None: no world."""
+    if domain not in DOMAINS:
+        return None
+    paper = domain_spec(domain).paper
+    return {"benchmark": paper["benchmark"], "gap_closure": paper["gap_closure"]}

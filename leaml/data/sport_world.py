@@ -19,36 +19,29 @@ clips stay out of their distribution, as SPORTU is for a general VLM.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-import time
 from collections import Counter, defaultdict
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from leaml import storage
 from leaml.data import synth_sport
-from leaml.data.synth_common import options_by_template, rng_for, with_options
+from leaml.data.sportu import PAPER
+from leaml.data.synth_common import rng_for
 from leaml.data.synth_sport import BEATS, TEMPLATES, SportScene, frame_beats, frame_view
 from leaml.data.world import (
-    LABELED_SELECTION, WorldConfig, _run_items, build_general, accuracy_by_category, labeled_pick_seed, select_labeled,
-    unlabeled_media,
+    DomainSpec, WorldSettings, WorldSummary, accuracy_by_category, build, majority, prior_answers,
 )
 from leaml.media import write_video
-from leaml.records import Caption, MediaRef, VQAExample, save_records
+from leaml.records import Caption, MediaRef, VQAExample
 
 
-class SportWorldConfig(BaseModel):
+class SportWorldConfig(WorldSettings):
     """Settings of the sport world (defaults: generated in well under a minute on 2 CPU cores)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     domain: Literal["sport"] = "sport"
     """Names the builder, so a pipeline config can hold either world (a discriminated union)."""
-    seed: int = 0
-    """Everything (events, pixels, questions, splits, the labeled pick) is a function of this seed."""
     frame_size: int = Field(64, ge=32, le=256, multiple_of=32)
     """Side of the square frames in pixels (a multiple of 32: decord 0.6 misreads 16 or 48 wide)."""
     n_frames: int = Field(8, ge=BEATS, le=32)
@@ -62,22 +55,10 @@ class SportWorldConfig(BaseModel):
     """Test clips (evaluation only)."""
     n_teacher_pool: int = Field(200, ge=0)
     """Clips, disjoint from train/test, captioned noisily for the teacher's pretraining."""
-    n_general: int = Field(3000, ge=1)
-    """General-domain images (the image world's) for pretraining the tiny base models."""
-    general_questions_per_image: int = Field(4, ge=1, le=8)
-    """Generic QA pairs per general image (distinct templates)."""
-    labeled_fraction: float = Field(0.01, gt=0.0, le=1.0)
-    """Fraction of train QA pairs (not clips) that keep their labels, as in the paper."""
-    labeled_seed: int | None = None
-    """Seed of the labeled pick alone (default: ``seed``); see WorldConfig.labeled_seed."""
     questions_per_clip: tuple[int, int] = (4, 6)
     """Inclusive range of questions per clip: every hard one that applies, the rest easy / medium."""
     duel_fraction: float = Field(0.65, ge=0.0, le=1.0)
     """Share of clips whose play is a duel (foul questions); the others hold a pass."""
-    caption_mention_p: float = Field(0.7, ge=0.0, le=1.0)
-    """Teacher captions: probability that each fact is mentioned at all."""
-    caption_wrong_p: float = Field(0.2, ge=0.0, le=1.0)
-    """Teacher captions: probability that a mentioned fact is wrong (a real general model's errors)."""
 
     @model_validator(mode="after")
     def _check(self) -> "SportWorldConfig":
@@ -87,66 +68,10 @@ class SportWorldConfig(BaseModel):
         return self
 
 
-class SportWorldSummary(BaseModel):
-    """What build_sport_world wrote, its baselines and how long it took."""
-
-    out: str
-    sizes: dict[str, int]
-    prior_only: dict
-    middle_frame: dict
-    seconds: float
-
-    def describe(self) -> str:
-        lines = [f"{k}: {v}" for k, v in self.sizes.items()]
-        for name, acc in (("prior-only", self.prior_only), ("middle frame (oracle reading)", self.middle_frame)):
-            cats = " ".join(f"{c} {100 * a:.1f}" for c, a in acc["per_category"].items())
-            lines.append(f"{name}: {cats}; mean of categories {100 * acc['mean_of_categories']:.1f}")
-        lines.append(f"built in {self.seconds:.1f}s")
-        return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Building
-
-
-def build_sport_world(cfg: SportWorldConfig, out: str, workers: int | None = None) -> SportWorldSummary:
-    """Write the whole dataset directory for ``cfg`` under ``out`` (local path or ``s3://``).
-
-    ``workers`` processes render and encode the clips (default: one per CPU core); the files are
-    byte-identical whatever the number of workers.
-    """
-    start = time.perf_counter()
-    workers = workers or os.cpu_count() or 1
-    train = _run_items(out, _clip_job, [(cfg, "train", i) for i in range(cfg.n_train)], workers, "sport train")
-    test = _run_items(out, _clip_job, [(cfg, "test", i) for i in range(cfg.n_test)], workers, "sport test")
-    options = options_by_template((ex.template, ex.answer) for ex in [*train, *test])
-    train, test = with_options(train, options), with_options(test, options)
-    labeled = select_labeled(train, cfg.labeled_fraction, labeled_pick_seed(cfg))
-    unlabeled = unlabeled_media(train, labeled)
-    teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(cfg.n_teacher_pool)], workers, "teacher pool")
-    general_captions, general_qa = _build_general(cfg, out, workers)
-
-    prior = category_scores(test, prior_answers(train))
-    beat = middle_beat(cfg.n_frames)
-    middle = category_scores(test, single_frame_answers(train, beat))
-    sizes = {"train_clips": cfg.n_train, "test_clips": cfg.n_test, "train_qa": len(train), "test_qa": len(test),
-             "labeled_qa": len(labeled), "unlabeled_media": len(unlabeled), "teacher_captions": len(teacher),
-             "general_images": cfg.n_general, "general_qa": len(general_qa)}
-    for name, records in (("train.jsonl", train), ("test.jsonl", test), ("labeled.jsonl", labeled),
-                          ("unlabeled.jsonl", unlabeled), ("teacher_corpus.jsonl", teacher),
-                          ("general/captions.jsonl", general_captions), ("general/qa.jsonl", general_qa)):
-        save_records(storage.join(out, name), records)
-    world = {
-        "domain": cfg.domain, "seed": cfg.seed, "sizes": sizes, "config": cfg.model_dump(mode="json"),
-        "templates": {t: {"question": TEMPLATES[t].question, "category": TEMPLATES[t].category, "options": o}
-                      for t, o in options.items()},
-        "labeled_selection": LABELED_SELECTION,
-        "prior_only": prior,
-        "middle_frame": middle | {"beat": beat, "how": MIDDLE_FRAME_HOW},
-    }
-    storage.write_text(storage.join(out, "world.json"), json.dumps(world, indent=2, sort_keys=True) + "\n")
-    return SportWorldSummary(out=str(out), sizes=sizes, prior_only=prior, middle_frame=middle,
-                             seconds=time.perf_counter() - start)
+def build_sport_world(cfg: SportWorldConfig, out: str, workers: int | None = None) -> WorldSummary:
+    """The sport world's dataset directory under ``out`` (see :func:`leaml.data.world.build`);
+    its summary's ``baselines`` hold ``middle_frame``."""
+    return build(cfg, out, workers)
 
 
 def _clip(cfg: SportWorldConfig, media_id: str) -> tuple[SportScene, bytes]:
@@ -189,13 +114,6 @@ def _teacher_job(args: tuple[SportWorldConfig, int]) -> tuple[str, bytes, list[C
                               meta={"uri": uri, "kind": "video", "scene": attrs})]
 
 
-def _build_general(cfg: SportWorldConfig, out: str, workers: int) -> tuple[list[Caption], list[VQAExample]]:
-    """The image world's general domain, built by its own job with this seed and frame size."""
-    gcfg = WorldConfig(seed=cfg.seed, image_size=cfg.frame_size, n_general=cfg.n_general,
-                       general_questions_per_image=cfg.general_questions_per_image)
-    return build_general(gcfg, out, workers)
-
-
 # ---------------------------------------------------------------------------------------------
 # Baselines: the answer prior, and what one middle frame can tell (read perfectly)
 
@@ -210,26 +128,13 @@ def middle_beat(n_frames: int) -> int:
     return int(round(frame_beats(n_frames)[n_frames // 2]))
 
 
-def _majority(counts: Counter) -> str:
-    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # ties: alphabetically first
-
-
-def prior_answers(train: Sequence[VQAExample]):
-    """``predict(example)``: the template's most common train answer."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for ex in train:
-        counts[ex.template][ex.answer] += 1
-    prior = {t: _majority(c) for t, c in counts.items()}
-    return lambda ex: prior.get(ex.template, "")
-
-
 def single_frame_answers(train: Sequence[VQAExample], beat: int):
     """``predict(example)`` from one frame: see :data:`MIDDLE_FRAME_HOW`."""
     prior = prior_answers(train)
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for ex in train:
         counts[ex.template, _view(ex, beat)][ex.answer] += 1
-    table = {k: _majority(c) for k, c in counts.items()}
+    table = {k: majority(c) for k, c in counts.items()}
     return lambda ex: table.get((ex.template, _view(ex, beat))) or prior(ex)
 
 
@@ -239,5 +144,22 @@ def _view(ex: VQAExample, beat: int) -> str:
 
 def category_scores(examples: Sequence[VQAExample], predict) -> dict:
     """Accuracy per difficulty, their mean (the paper's "Average") and over all questions."""
-    scores = accuracy_by_category(examples, predict)
-    return {k: v for k, v in scores.items() if k != "mean_of_paper_categories"}  # endo's Table 1 columns
+    return accuracy_by_category(examples, predict)
+
+
+def _middle_frame(cfg: SportWorldConfig, train: list[VQAExample], test: list[VQAExample]) -> dict:
+    beat = middle_beat(cfg.n_frames)
+    return {"middle_frame": category_scores(test, single_frame_answers(train, beat)) | {"beat": beat, "how": MIDDLE_FRAME_HOW}}
+
+
+SPEC = DomainSpec(
+    name="sport",
+    split_sizes=lambda cfg: (cfg.n_train, cfg.n_test),
+    item_job=_clip_job,
+    teacher_job=_teacher_job,
+    general_image_size=lambda cfg: cfg.frame_size,
+    template_info=lambda t: {"question": TEMPLATES[t].question, "category": TEMPLATES[t].category},
+    size_names=("train_clips", "test_clips"),
+    paper=PAPER,
+    baselines=_middle_frame,
+)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import defaultdict
-from typing import Iterable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -233,3 +234,23 @@ def options_by_template(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]
 def with_options(examples: Sequence[VQAExample], options: dict[str, list[str]]) -> list[VQAExample]:
     """Each example with its template's option list filled in."""
     return [ex.model_copy(update={"options": list(options[ex.template])}) for ex in examples]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A question template: where it applies to a scene and how the scene answers it."""
+
+    question: str
+    category: str | None
+    """The question's own category (sport: its difficulty level); None: the scene's (endo: the finding)."""
+    applies: Callable[[Any], bool]
+    answer: Callable[[Any], str]
+
+
+def maybe(rng, true: str, choices, mention_p: float, wrong_p: float) -> str | None:
+    """A noisy caption's word for a fact: None (not mentioned), the true value, or, with ``wrong_p``,
+    another of ``choices``."""
+    if rng.random() >= mention_p:
+        return None
+    others = [c for c in choices if c != true]
+    return pick(rng, others) if others and rng.random() < wrong_p else true

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from leaml.data.synth_common import (
-    GLYPH_CHARS, LOCATIONS, LOCATION_WORDS, UNITS, Canvas, article, cell_of, draw_glyphs, far_enough, mix,
-    pick, point_in_cell, shade, smooth_noise,
+    GLYPH_CHARS, LOCATIONS, LOCATION_WORDS, UNITS, Canvas, Template, article, cell_of, draw_glyphs, far_enough,
+    maybe, mix, pick, point_in_cell, shade, smooth_noise,
 )
 from leaml.records import MediaRef, VQAExample
 
@@ -31,6 +30,11 @@ FINDING_WEIGHTS = (0.20, 0.25, 0.155, 0.155, 0.24)
 CATEGORY = {"normal": "normal", "polyp": "polyps", "esophagitis": "esophagitis",
             "ulcerative colitis": "colitis", "instrument": "instrument"}
 ABNORMALITY_ANSWER = {"polyp": "polyp", "esophagitis": "oesophagitis", "ulcerative colitis": "ulcerative colitis"}
+
+# Version of what this module draws and answers: part of the teacher's base-model key (its tower and
+# captions learn from endo pictures), so a change here retrains the teacher instead of reusing a stale
+# one. Bump it with any change to the pictures, the scenes or the answers.
+RENDER_VERSION = 1
 
 SIZE_RADIUS = {"<5mm": 2.5, "5-10mm": 4.5, "11-20mm": 7.5, ">20mm": 11.0}  # ~1.5x steps: tellable apart
 SIZES = tuple(SIZE_RADIUS)
@@ -246,13 +250,6 @@ def _shaft_discs(heads, angles) -> list[tuple[float, float, float]]:
 # Questions: 18 Kvasir-style templates, each with where it applies and how it is answered
 
 
-@dataclass(frozen=True)
-class Template:
-    question: str
-    applies: Callable[[EndoScene], bool]
-    answer: Callable[[EndoScene], str]
-
-
 def _has_abnormality(s: EndoScene) -> bool:
     return bool(s.polyps) or s.lesion is not None
 
@@ -287,36 +284,36 @@ def _n_findings(s: EndoScene) -> str:
 
 
 TEMPLATES: dict[str, Template] = {
-    "abnormality": Template("Are there any abnormalities in the image?", lambda s: True, _abnormality),
-    "landmark": Template("Are there any anatomical landmarks in the image?", lambda s: True,
+    "abnormality": Template("Are there any abnormalities in the image?", None, lambda s: True, _abnormality),
+    "landmark": Template("Are there any anatomical landmarks in the image?", None, lambda s: True,
                          lambda s: s.landmark),
-    "instrument": Template("Are there any instruments in the image?", _polyp_family,
+    "instrument": Template("Are there any instruments in the image?", None, _polyp_family,
                            lambda s: s.instrument),
-    "polyps_removed": Template("Have all polyps been removed?", _polyp_family, _removed),
-    "n_findings": Template("How many findings are present?", lambda s: True, _n_findings),
+    "polyps_removed": Template("Have all polyps been removed?", None, _polyp_family, _removed),
+    "n_findings": Template("How many findings are present?", None, lambda s: True, _n_findings),
     # sic: Kvasir-VQA spells it this way, and models are evaluated on the data's text
-    "n_instruments": Template("How many instrumnets are in the image?", _polyp_family,
+    "n_instruments": Template("How many instrumnets are in the image?", None, _polyp_family,
                               lambda s: str(s.n_instruments)),
-    "n_polyps": Template("How many polyps are in the image?", _polyp_family, lambda s: str(len(s.polyps))),
-    "box_artefact": Template("Is there a green/black box artefact?", lambda s: True,
+    "n_polyps": Template("How many polyps are in the image?", None, _polyp_family, lambda s: str(len(s.polyps))),
+    "box_artefact": Template("Is there a green/black box artefact?", None, lambda s: True,
                              lambda s: "yes" if s.green_box else "no"),
-    "text": Template("Is there text?", lambda s: True, lambda s: "yes" if s.text else "no"),
-    "easy": Template("Is this finding easy to detect?", _has_abnormality, lambda s: "yes" if is_easy(s) else "no"),
-    "abnormality_color": Template("What color is the abnormality?", _has_abnormality,
+    "text": Template("Is there text?", None, lambda s: True, lambda s: "yes" if s.text else "no"),
+    "easy": Template("Is this finding easy to detect?", None, _has_abnormality, lambda s: "yes" if is_easy(s) else "no"),
+    "abnormality_color": Template("What color is the abnormality?", None, _has_abnormality,
                                   lambda s: s.polyps[0]["colour"] if s.polyps else s.lesion["colour"]),
-    "landmark_color": Template("What color is the anatomical landmark?", lambda s: s.landmark != "none",
+    "landmark_color": Template("What color is the anatomical landmark?", None, lambda s: s.landmark != "none",
                                lambda s: s.landmark_colour),
-    "polyp_size": Template("What is the size of the polyp?", _polyp_family,
+    "polyp_size": Template("What is the size of the polyp?", None, _polyp_family,
                            lambda s: s.polyps[0]["size"] if s.polyps else "none"),
-    "polyp_type": Template("What type of polyp is present?", _polyp_family,
+    "polyp_type": Template("What type of polyp is present?", None, _polyp_family,
                            lambda s: s.polyps[0]["paris"] if s.polyps else "none"),
-    "procedure": Template("What type of procedure is the image taken from?", lambda s: True,
+    "procedure": Template("What type of procedure is the image taken from?", None, lambda s: True,
                           lambda s: s.procedure),
-    "abnormality_location": Template("Where in the image is the abnormality?", _has_abnormality,
+    "abnormality_location": Template("Where in the image is the abnormality?", None, _has_abnormality,
                                      lambda s: cell_of(*_abnormality_xy(s))),
-    "landmark_location": Template("Where in the image is the anatomical landmark?",
+    "landmark_location": Template("Where in the image is the anatomical landmark?", None,
                                   lambda s: s.landmark != "none", lambda s: cell_of(*s.landmark_xy)),
-    "instrument_location": Template("Where in the image is the instrument?", lambda s: s.n_instruments > 0,
+    "instrument_location": Template("Where in the image is the instrument?", None, lambda s: s.n_instruments > 0,
                                     lambda s: cell_of(*s.tip)),
 }
 
@@ -516,24 +513,16 @@ _PARIS_WORDS = {"paris ip": "pedunculated", "paris is": "sessile", "paris iia": 
 _COUNT_WORDS = {2: "two", 3: "three"}
 
 
-def _maybe(rng, true: str, choices, mention_p: float, wrong_p: float) -> str | None:
-    """None (not mentioned), the true value, or, with ``wrong_p``, another of ``choices``."""
-    if rng.random() >= mention_p:
-        return None
-    others = [c for c in choices if c != true]
-    return pick(rng, others) if others and rng.random() < wrong_p else true
-
-
 def _polyp_phrase(rng, s: EndoScene, mp: float, wp: float) -> str:
     p = s.polyps[0]
-    size = _maybe(rng, p["size"], SIZES, mp, wp)
-    paris = _maybe(rng, p["paris"], PARIS, mp, wp)
-    words = [_maybe(rng, p["colour"], tuple(POLYP_RGB), mp, wp)]
+    size = maybe(rng, p["size"], SIZES, mp, wp)
+    paris = maybe(rng, p["paris"], PARIS, mp, wp)
+    words = [maybe(rng, p["colour"], tuple(POLYP_RGB), mp, wp)]
     if size:  # sometimes in millimetres (as the labels write it), sometimes in words
         words.insert(0, size if rng.random() < 0.5 else _SIZE_WORDS[size])
     if paris:
         words.append(_PARIS_WORDS[paris] if rng.random() < 0.5 else f"{_PARIS_WORDS[paris]} ({paris})")
-    n = int(_maybe(rng, str(len(s.polyps)), ("1", "2", "3"), mp, wp) or 1)
+    n = int(maybe(rng, str(len(s.polyps)), ("1", "2", "3"), mp, wp) or 1)
     head = " ".join(w for w in words if w)
     count = article(head or "polyp") if n == 1 else _COUNT_WORDS[n]
     return f"{count} {head} polyp{'s' if n > 1 else ''}".replace("  ", " ")
@@ -541,22 +530,22 @@ def _polyp_phrase(rng, s: EndoScene, mp: float, wp: float) -> str:
 
 def _finding_phrase(rng, s: EndoScene, mp: float, wp: float) -> str | None:
     kinds = ("polyp", "oesophagitis", "ulcerative colitis", "none")
-    kind = _maybe(rng, _abnormality(s), kinds, mp, wp)
+    kind = maybe(rng, _abnormality(s), kinds, mp, wp)
     if kind is None:
         return None
     if kind == "polyp":
         return _polyp_phrase(rng, s, mp, wp) if s.polyps else "a polyp"
     if kind == "none":
         return "normal-looking mucosa"
-    colour = _maybe(rng, s.lesion["colour"] if s.lesion else "red", tuple(LESION_RGB), mp, wp)
-    grade = _maybe(rng, s.lesion["grade"] if s.lesion else "mild", ("mild", "severe"), mp, wp)
+    colour = maybe(rng, s.lesion["colour"] if s.lesion else "red", tuple(LESION_RGB), mp, wp)
+    grade = maybe(rng, s.lesion["grade"] if s.lesion else "mild", ("mild", "severe"), mp, wp)
     what = "linear erosions" if kind == "oesophagitis" else "ulcerated patches"
     desc = " ".join(w for w in (grade, colour, what) if w)
     return f"{desc} consistent with {kind}"
 
 
 def _where(rng, xy, mp: float, wp: float) -> str:
-    cell = _maybe(rng, cell_of(*xy), LOCATIONS, mp, wp) if xy is not None else None
+    cell = maybe(rng, cell_of(*xy), LOCATIONS, mp, wp) if xy is not None else None
     return f" in the {LOCATION_WORDS[cell]}" if cell else ""
 
 
@@ -565,7 +554,7 @@ def noisy_caption(attrs: dict, rng: np.random.Generator, mention_p: float = 0.7,
     ``mention_p`` and, when mentioned, replaced by a wrong value with ``wrong_p``."""
     s = EndoScene(**attrs)
     mp, wp = mention_p, wrong_p
-    procedure = _maybe(rng, s.procedure, PROCEDURES, mp, wp)
+    procedure = maybe(rng, s.procedure, PROCEDURES, mp, wp)
     parts = [f"{procedure} view" if procedure else "endoscopic view"]
     finding = _finding_phrase(rng, s, mp, wp)
     if finding:
@@ -577,28 +566,28 @@ def noisy_caption(attrs: dict, rng: np.random.Generator, mention_p: float = 0.7,
 
 
 def _landmark_phrase(rng, s: EndoScene, mp: float, wp: float) -> str | None:
-    name = _maybe(rng, s.landmark, (*LANDMARKS, "none"), mp, wp)
+    name = maybe(rng, s.landmark, (*LANDMARKS, "none"), mp, wp)
     if not name or name == "none":
         return None
-    colour = _maybe(rng, s.landmark_colour, tuple(LANDMARK_RGB), mp, wp) if s.landmark != "none" else None
+    colour = maybe(rng, s.landmark_colour, tuple(LANDMARK_RGB), mp, wp) if s.landmark != "none" else None
     return f"the {colour + ' ' if colour else ''}{name} is visible{_where(rng, s.landmark_xy, mp, wp)}"
 
 
 def _instrument_phrase(rng, s: EndoScene, mp: float, wp: float) -> str | None:
-    kind = _maybe(rng, s.instrument, (*INSTRUMENTS, "none"), mp, wp)
+    kind = maybe(rng, s.instrument, (*INSTRUMENTS, "none"), mp, wp)
     if not kind or kind == "none":
         return None
-    n = int(_maybe(rng, str(max(1, s.n_instruments)), ("1", "2"), mp, wp) or 1)
+    n = int(maybe(rng, str(max(1, s.n_instruments)), ("1", "2"), mp, wp) or 1)
     name = f"{'two' if n == 2 else article(kind)} {kind}{'s' if n == 2 and not kind.endswith('s') else ''}"
     return f"{name}{_where(rng, s.tip, mp, wp)}"
 
 
 def _artefact_phrases(rng, s: EndoScene, mp: float, wp: float) -> list[str]:
     out = []
-    box = _maybe(rng, "yes" if s.green_box else "no", ("yes", "no"), mp, wp)
+    box = maybe(rng, "yes" if s.green_box else "no", ("yes", "no"), mp, wp)
     if box == "yes":
         out.append("green box artefact")
-    text = _maybe(rng, "yes" if s.text else "no", ("yes", "no"), mp, wp)
+    text = maybe(rng, "yes" if s.text else "no", ("yes", "no"), mp, wp)
     if text == "yes":
         out.append("text overlay")
     return out

@@ -42,11 +42,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from leaml.data.synth_common import Canvas, pick, sample_without_replacement, shade, smooth_noise
+from leaml.data.synth_common import Canvas, Template, maybe, pick, sample_without_replacement, shade, smooth_noise
 from leaml.records import MediaRef, VQAExample
 
 BEATS = 8  # the event clock; a clip of n_frames >= BEATS samples it evenly
@@ -488,14 +487,6 @@ def _pass_view(scene: SportScene, beat: int) -> str:
 # Questions: SPORTU-style templates in three difficulty levels
 
 
-@dataclass(frozen=True)
-class Template:
-    question: str
-    category: str  # easy / medium / hard (SPORTU's difficulty levels)
-    applies: Callable[[SportScene], bool]
-    answer: Callable[[SportScene], str]
-
-
 def _carrier(s: SportScene) -> dict:
     return s.players[s.holder[0]]
 
@@ -686,37 +677,29 @@ _EVENT_TEXT = {
 }
 
 
-def _maybe(rng, true: str, choices, mention_p: float, wrong_p: float) -> str | None:
-    """None (not mentioned), the true value, or, with ``wrong_p``, another of ``choices``."""
-    if rng.random() >= mention_p:
-        return None
-    others = [c for c in choices if c != true]
-    return pick(rng, others) if others and rng.random() < wrong_p else true
-
-
 def noisy_caption(attrs: dict, rng: np.random.Generator, mention_p: float = 0.7, wrong_p: float = 0.2) -> str:
     """A free-text caption of ``scene_dict(scene)``: each fact is mentioned with ``mention_p`` and,
     when mentioned, replaced by a wrong value with ``wrong_p``."""
     s = SportScene(**attrs)
     mp, wp = mention_p, wrong_p
-    sport = _maybe(rng, s.sport, SPORTS, mp, wp)
+    sport = maybe(rng, s.sport, SPORTS, mp, wp)
     parts = [f"{sport} clip" if sport else "sports clip"]
     x = s.team_of(s.holder[0])
     cx, cy = s.colours[x], s.colours[1 - x]
     if rng.random() < mp:
         parts[0] += f", {s.colours[0]} against {s.colours[1]}"
-    n = _maybe(rng, str(len(s.players)), tuple(str(i) for i in range(4, 9)), mp, wp)
+    n = maybe(rng, str(len(s.players)), tuple(str(i) for i in range(4, 9)), mp, wp)
     if n:
         parts.append(f"{n} players on the field")
-    start = _maybe(rng, cx, tuple(TEAM_RGB), mp, wp)
+    start = maybe(rng, cx, tuple(TEAM_RGB), mp, wp)
     if start:
-        way = _maybe(rng, "right" if s.attack[x] > 0 else "left", ("left", "right"), mp, wp)
+        way = maybe(rng, "right" if s.attack[x] > 0 else "left", ("left", "right"), mp, wp)
         parts.append(f"the {start} team has the ball" + (f", attacking to the {way}" if way else ""))
     choices = tuple(v for v in VARIANTS if v not in PASS_OUTCOMES) if s.play == "duel" else PASS_OUTCOMES
-    event = _maybe(rng, s.variant, choices, mp, wp)
+    event = maybe(rng, s.variant, choices, mp, wp)
     if event:
         parts.append(_EVENT_TEXT[event].format(a=cx, d=cy))
-    end = _maybe(rng, s.colours[s.team_of(s.holder[-1])], tuple(TEAM_RGB), mp, wp)
+    end = maybe(rng, s.colours[s.team_of(s.holder[-1])], tuple(TEAM_RGB), mp, wp)
     if end:
         parts.append(f"the {end} team has it at the end")
     return "; ".join(parts) + "."

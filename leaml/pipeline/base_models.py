@@ -13,7 +13,7 @@ tuning), in this order of preference:
 4. pretraining now, into the cache.
 
 The endo base models are independent of the world's seed: their corpus has its own fixed seed
-(:func:`leaml.data.world.build_corpus`), as official checkpoints do not depend on anyone's data.
+(:func:`leaml.data.endo_world.build_corpus`), as official checkpoints do not depend on anyone's data.
 The sport world's base models still pretrain on the general domain and clip corpus of its own
 dataset directory (keyed by its world.json).
 """
@@ -60,18 +60,24 @@ def default_cache_dir() -> str:
     return os.environ.get("LEAML_CACHE", str(Path.home() / ".cache" / "leaml"))
 
 
-def corpus_key(src: BaseModelSource) -> str:
-    from leaml.data.world import CORPUS_SEED
+def corpus_key(src: BaseModelSource, role: Role = "student") -> str:
+    """What the role's pretraining corpus holds. The teacher's includes the endo pictures' rendering
+    (``synth_endo.RENDER_VERSION``): its tower and captions learn from them; the student's corpus
+    is the general domain alone, so a change of the endo world leaves the student's key as it is."""
+    from leaml.data.synth_endo import RENDER_VERSION
+    from leaml.data.endo_world import CORPUS_SEED
 
-    blob = json.dumps({"corpus": src.corpus.model_dump(), "seed": CORPUS_SEED, "v": 1}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    data = {"corpus": src.corpus.model_dump(), "seed": CORPUS_SEED, "v": 1}
+    if role == "teacher":
+        data["endo_render"] = RENDER_VERSION
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = "endo") -> str:
     """Everything that determines the base model: recipe, preset, role and corpus. Endo: the fixed
     corpus (no world field enters); sport: its world.json without the labeled pick's fields."""
     if domain == "endo":
-        data = {"corpus": corpus_key(src)}
+        data = {"corpus": corpus_key(src, role)}
     else:
         world = json.loads(storage.read_text(storage.join(data_dir, "world.json")))
         world.get("config", {}).pop("labeled_seed", None)
@@ -84,9 +90,10 @@ def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = 
 
 
 def ensure_corpus(src: BaseModelSource, cache_dir: str) -> str:
-    from leaml.data.world import build_corpus
+    from leaml.data.endo_world import build_corpus
 
-    out = storage.join(cache_dir, "corpus", corpus_key(src))
+    # keyed as the teacher's: the directory holds the endo pool too
+    out = storage.join(cache_dir, "corpus", corpus_key(src, "teacher"))
     if not storage.exists(storage.join(out, "corpus.json")):
         print(f"[base] building the pretraining corpus in {out}", flush=True)
         build_corpus(out, n_general=src.corpus.n_general, n_teacher_pool=src.corpus.n_teacher_pool)

@@ -9,7 +9,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from leaml import storage
 from leaml.config import StrictModel
 from leaml.data.sport_world import SportWorldConfig
-from leaml.data.world import WorldConfig
+from leaml.data.endo_world import WorldConfig
 from leaml.evaluate.inference import InferenceConfig
 from leaml.pipeline.base_models import BaseModelSource
 from leaml.pipeline.captioner import CaptionerConfig

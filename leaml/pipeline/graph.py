@@ -191,10 +191,8 @@ def _world_after(run: Run) -> tuple[str, ...]:
 
 
 def stage_world(run: Run) -> Stage:
-    from leaml.data.sport_world import build_sport_world
-    from leaml.data.world import build_world
+    from leaml.data.world import build
 
-    build = build_sport_world if run.cfg.world.domain == "sport" else build_world
     return Stage("world", storage.join(run.data, "world.json"), lambda: build(run.cfg.world, run.data),
                  config={"world": run.cfg.world.model_dump(mode="json")}, outputs=(run.data,),
                  format=FORMATS["world"])
@@ -496,13 +494,11 @@ def write_run_report(run: Run, seconds: float) -> dict[str, str]:
     return write_report(run.eval_dir, rows, title, REPORT_CATEGORIES, meta, note, average_over=info.average_over)
 
 
-# The paper's gap closure on the real benchmark each synthetic world stands in for.
-PAPER_CLOSURE = {"endo": "0.49 on Kvasir-VQA", "sport": "0.34 on SPORTU"}
-
-
 def gap_note(rows: list[dict], domain: str = "endo", paper: dict | None = None) -> str:
     """LEAML's gain over full fine-tuning and its gap closure, beside the paper's figure (``paper``:
     the dataset's own ``{benchmark, gap_closure}``, else the stand-in of a synthetic ``domain``)."""
+    from leaml.data.dataset_dir import stand_in
+
     by = {r["row"]: r["scores"]["mean_of_categories"] for r in rows}
     if not {"leaml", "full", "fully_supervised"} <= by.keys():
         return ""
@@ -510,10 +506,10 @@ def gap_note(rows: list[dict], domain: str = "endo", paper: dict | None = None) 
     # a ratio over a gap of ~0 or below is noise or flips sign: say so instead of printing it
     closure = (f"{(by['leaml'] - by['full']) / denom:.2f}" if denom > 1e-9
                else "n/a (fully supervised does not beat full fine-tuning)")
-    cited = f"{paper['gap_closure']:.2f} on {paper['benchmark']}" if paper else PAPER_CLOSURE.get(domain)
+    paper = paper or stand_in(domain)
+    cited = f" (paper: {paper['gap_closure']:.2f} on {paper['benchmark']})" if paper else ""
     return (f"LEAML - full fine-tuning: {100 * (by['leaml'] - by['full']):+.1f} points; gap closure "
-            f"(LEAML - full) / (fully supervised - full) = {closure}"
-            + (f" (paper: {cited})." if cited else "."))
+            f"(LEAML - full) / (fully supervised - full) = {closure}{cited}.")
 
 
 @contextmanager

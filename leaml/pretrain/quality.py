@@ -19,7 +19,7 @@ HELD_OUT_SEED_OFFSET = 1  # CORPUS_SEED + 1: pictures no base model was trained 
 
 
 def base_quality(model_uri: str, role: str, n_images: int = 200, batch_size: int = 64) -> dict:
-    from leaml.data.world import CORPUS_SEED, build_corpus
+    from leaml.data.endo_world import CORPUS_SEED, build_corpus
     from leaml.models.builders import load_model
 
     model, processor = load_model(model_uri)

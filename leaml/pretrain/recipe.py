@@ -9,7 +9,7 @@ Built the way real VLMs are built, each stage measured:
 3. ``instruct``: everything moves, at a lower learning rate, on the same mixture.
 
 The result is independent of any downstream world: the corpus has its own fixed seed
-(:data:`leaml.data.world.CORPUS_SEED`). Training goes through the one training loop (stages 2-3)
+(:data:`leaml.data.endo_world.CORPUS_SEED`). Training goes through the one training loop (stages 2-3)
 in this process; stage 1 is a plain classification loop over the tower.
 """
 from __future__ import annotations

@@ -15,7 +15,8 @@ from leaml.data import synth_endo
 from leaml.data import world as world_module
 from leaml.data.synth_common import LOCATIONS, cell_of, options_by_template, rng_for
 from leaml.data.synth_endo import TEMPLATES, EndoScene, noisy_caption
-from leaml.data.world import WorldConfig, build_world, prior_only_accuracy, select_labeled
+from leaml.data.endo_world import WorldConfig, build_world
+from leaml.data.world import prior_only_accuracy, select_labeled
 from leaml.records import Caption, MediaRef, VQAExample, load_records
 
 SMALL = WorldConfig(seed=3, n_general=16, n_endo_train=60, n_endo_test=20, n_teacher_pool=12,

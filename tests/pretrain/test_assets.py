@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from leaml.config import load_config
-from leaml.data.world import CORPUS_SEED
+from leaml.data.endo_world import CORPUS_SEED
 from leaml.models.builders import load_model
 from leaml.pipeline.base_models import cache_key
 from leaml.pipeline.config import PipelineConfig

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from leaml.data.world import CORPUS_SEED, WorldConfig, build_corpus, build_world
+from leaml.data.endo_world import CORPUS_SEED, WorldConfig, build_corpus, build_world
 from leaml.models.builders import load_model
 from leaml.pipeline.base_models import BaseModelSource, CorpusSettings, cache_key
 from leaml.pretrain.recipe import PretrainSettings, StageSettings, TowerSettings, run_recipe, tower_corpus
@@ -98,3 +98,14 @@ def test_base_model_key_ignores_the_world_seed(tmp_path):
     assert cache_key("", "teacher", src) not in keys
     other = src.model_copy(update={"pretrain": PretrainSettings(tower=TowerSettings(steps=1))})
     assert cache_key("", "student", other) not in keys
+
+
+def test_a_new_endo_rendering_retrains_the_teacher_only(monkeypatch):
+    """The teacher learns from endo pictures, the student from general ones alone."""
+    from leaml.data import synth_endo
+
+    src = BaseModelSource(preset="tiny-qwen2.5-vl")
+    before = {role: cache_key("", role, src) for role in ("student", "teacher")}
+    monkeypatch.setattr(synth_endo, "RENDER_VERSION", synth_endo.RENDER_VERSION + 1)
+    assert cache_key("", "student", src) == before["student"]
+    assert cache_key("", "teacher", src) != before["teacher"]
