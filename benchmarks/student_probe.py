@@ -58,6 +58,16 @@ def prior_only(train: list[VQAExample], val: list[VQAExample]) -> float:
     return mean_of_categories(hits)
 
 
+def template_prior(train: list[VQAExample], val: list[VQAExample]) -> dict[str, float]:
+    """Per template: how often the most common train answer is right on ``val``."""
+    majority = {t: Counter(e.answer for e in train if e.template == t).most_common(1)[0][0]
+                for t in {e.template for e in train}}
+    hits = defaultdict(list)
+    for e in val:
+        hits[e.template].append(majority.get(e.template) == e.answer)
+    return {t: sum(v) / len(v) for t, v in hits.items()}
+
+
 @torch.no_grad()
 def accuracy(model, processor, world: str, val: list[VQAExample]) -> tuple[float, dict[str, float]]:
     model.eval()
@@ -105,6 +115,10 @@ def learning_curve(init: str, world: str, train: list[VQAExample], val: list[VQA
             worst = ", ".join(f"{t} {100 * a:.0f}" for t, a in sorted(per_template.items(), key=lambda x: x[1])[:3])
             log(f"step {step + 1:5d}  loss {loss.item():.3f}  held-out {100 * acc:5.1f}%  "
                 f"({seconds:.0f}s training, {labels} QA pairs; lowest templates: {worst})")
+    log("per template at the last step (held-out accuracy / prior-only):")
+    floor = template_prior(train, val)
+    for t, a in sorted(per_template.items(), key=lambda x: x[1]):
+        log(f"  {t:28s} {100 * a:5.1f}  {100 * floor[t]:5.1f}")
     return rows
 
 
