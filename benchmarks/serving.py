@@ -1,4 +1,5 @@
-"""Does dynamic batching pay? Throughput and p50/p99 latency of the VQA service, batching on vs off.
+"""Does dynamic batching pay? Throughput and p50/p99 latency of the VQA service, batching on vs off;
+and what does a multiple-choice request cost with 2 vs 8 options, scored per option vs from a shared prefix.
 
 checkpoint (or a fresh tiny model) -> two Serve apps on one local Ray instance, identical but for
 ``batching.enabled`` -> closed-loop HTTP load on 127.0.0.1 at 1 and 16 concurrent clients -> a
@@ -7,6 +8,12 @@ table and the batched/unbatched ratios, from one run (so machine load affects bo
 Two request kinds: image + question + options (the clinical multiple-choice path, scored with
 ``score_options``) and a free-form question (greedy ``generate``); ``--kind`` picks one.
 
+First, in this process (no HTTP, no Serve, seconds): the model-side cost of one multiple-choice
+request, alone and in a batch of 16, with 2 and 8 options, under the old path (one full forward per
+option: media and prompt encoded once per option) and the shared-prefix path the service uses
+(``leaml.models.answer``: encoded once, options run from its KV cache); goal: 8 options cost within
+1.3x of 2. ``--kind scoring`` prints only this table.
+
 The batch wait is the lever: a request waits up to ``--batch-wait-s`` for company, which is pure
 latency at 1 client and what lets batches fill at 16 (here requests reach the replica spread out by
 HTTP and decode overhead). The YAML default (10 ms) favours latency; this benchmark's default
@@ -14,6 +21,7 @@ HTTP and decode overhead). The YAML default (10 ms) favours latency; this benchm
 
     .venv/bin/python benchmarks/serving.py                      # tiny model, ~3-5 minutes on 2 CPUs
     .venv/bin/python benchmarks/serving.py --kind generate --batch-wait-s 0.1
+    .venv/bin/python benchmarks/serving.py --kind scoring                         # ~1 minute
     .venv/bin/python benchmarks/serving.py --checkpoint runs/demo/vqa_model --requests 200 --json out.json
 """
 from __future__ import annotations
@@ -40,13 +48,14 @@ from leaml.serve.client import AsyncVQAClient  # noqa: E402
 KEY = "benchmark-key"
 QUESTION = "What colour is the abnormality?"
 OPTIONS = ["red", "pink", "white", "green"]
+OPTIONS_8 = OPTIONS + ["yellow", "blue", "black", "brown"]
 
 
 def tiny_checkpoint(out: Path) -> str:
     from leaml.models.builders import ModelSpec, build_model, save_model
     from leaml.prompts import vqa_prompt
 
-    texts = [vqa_prompt(QUESTION, OPTIONS), vqa_prompt("Is there a polyp in the image?", ["yes", "no"])] * 30
+    texts = [vqa_prompt(QUESTION, OPTIONS_8), vqa_prompt("Is there a polyp in the image?", ["yes", "no"])] * 30
     model, processor = build_model(ModelSpec(preset="tiny-qwen2.5-vl"), tokenizer_texts=texts)
     save_model(model, processor, str(out))
     return str(out)
@@ -59,6 +68,51 @@ def images(n: int = 32) -> list[bytes]:
         Image.effect_noise((96, 96), 40 + i).convert("RGB").save(buf, "JPEG")
         out.append(buf.getvalue())
     return out
+
+
+def scoring_cost(checkpoint: str, repeats: int, threads: int, sizes=(1, 16), n_options=(2, 8)) -> dict:
+    """Median ms per request of ``score_options`` on ``size`` multiple-choice requests in one call,
+    per scoring path and option count."""
+    import torch
+
+    from leaml.models.answer import score_options
+    from leaml.models.builders import load_model
+    from leaml.prompts import vqa_prompt
+
+    torch.set_num_threads(threads)
+    model, processor = load_model(checkpoint)
+    model.eval()
+    frames = [[Image.open(io.BytesIO(b)).convert("RGB")] for b in images(max(sizes))]
+    cells = {}
+    for size in sizes:
+        for n in n_options:
+            opts = OPTIONS_8[:n]
+            for path in ("per_option", "shared_prefix"):
+                cells[f"{path}/{n}@{size}"] = (size, path, (model, processor, frames[:size],
+                                                            [vqa_prompt(QUESTION, opts)] * size, [opts] * size))
+    times: dict[str, list[float]] = {key: [] for key in cells}
+    for r in range(repeats + 1):  # round-robin, so a busy moment on a shared machine hits every cell alike
+        for key, (size, path, args) in cells.items():
+            t = time.perf_counter()
+            score_options(*args, batch_size=64, path=path)  # the service's score_rows_per_forward
+            if r:  # the first round warms up
+                times[key].append((time.perf_counter() - t) / size)
+    return {key: 1000 * statistics.median(ts) for key, ts in times.items()}
+
+
+def print_scoring_cost(cost: dict, sizes=(1, 16)) -> None:
+    print("multiple-choice cost per request, in-process (median ms):")
+    print(f"{'':>14}" + "".join(f"  {f'{s} request' + ('s' if s > 1 else '') + ' per batch':>27}" for s in sizes))
+    print(f"{'path':>14}" + "".join(f"  {'2 opts':>8} {'8 opts':>8} {'8/2':>8}" for _ in sizes))
+    for path in ("per_option", "shared_prefix"):
+        cells = [(cost[f"{path}/2@{s}"], cost[f"{path}/8@{s}"]) for s in sizes]
+        print(f"{path:>14}" + "".join(f"  {a:8.1f} {b:8.1f} {f'x{b / a:.2f}':>8}" for a, b in cells))
+    speed = "  ".join(f"{s}/batch: 2 opts x{cost[f'per_option/2@{s}'] / cost[f'shared_prefix/2@{s}']:.2f}, "
+                      f"8 opts x{cost[f'per_option/8@{s}'] / cost[f'shared_prefix/8@{s}']:.2f}" for s in sizes)
+    print(f"per_option / shared_prefix: {speed}")
+    worst = max(cost[f"shared_prefix/8@{s}"] / cost[f"shared_prefix/2@{s}"] for s in sizes)
+    print(f"goal: 8 options within 1.3x of 2 (shared prefix): {'met' if worst <= 1.3 else 'missed'} (x{worst:.2f})\n",
+          flush=True)
 
 
 def start_service(checkpoint: str, max_batch_size: int, wait_s: float, max_new_tokens: int, cpus: float) -> int:
@@ -117,7 +171,9 @@ async def load(url: str, concurrency: int, n_requests: int, kind: str, media: li
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="saved model dir or s3:// prefix (default: a fresh tiny model)")
-    p.add_argument("--kind", choices=["options", "generate", "both"], default="both")
+    p.add_argument("--kind", choices=["options", "generate", "both", "scoring"], default="both",
+                   help="scoring: only the in-process 2-vs-8-options, per-option-vs-shared-prefix table")
+    p.add_argument("--scoring-repeats", type=int, default=5, help="timed calls per cell of the scoring table")
     p.add_argument("--requests", type=int, default=96, help="requests per measurement at 16 clients")
     p.add_argument("--requests-single", type=int, default=24, help="requests per measurement at 1 client")
     p.add_argument("--max-batch-size", type=int, default=16)
@@ -131,6 +187,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = a.checkpoint or tiny_checkpoint(Path(tmp) / "tiny")
+        scoring = {}
+        if a.kind in ("options", "both", "scoring"):
+            scoring = scoring_cost(ckpt, a.scoring_repeats, max(1, int(a.replica_cpus)))
+            print_scoring_cost(scoring)
+        if a.kind == "scoring":
+            if a.json:
+                Path(a.json).write_text(json.dumps({"args": vars(a), "scoring_ms": scoring}, indent=2) + "\n")
+            return 0
         t = time.perf_counter()
         port = start_service(ckpt, a.max_batch_size, a.batch_wait_s, a.max_new_tokens, a.replica_cpus)
         print(f"service up in {time.perf_counter() - t:.0f} s on 127.0.0.1:{port}", flush=True)
@@ -163,7 +227,8 @@ def main() -> int:
         x = ratios[f"{kind}@16"]["throughput_x"]
         print(f"goal, {kind}: batching >= 3x throughput at 16 clients: {'met' if x >= 3 else 'missed'} (x{x:.2f})")
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "results": results, "ratios": ratios}, indent=2) + "\n")
+        out = {"args": vars(a), "scoring_ms": scoring, "results": results, "ratios": ratios}
+        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

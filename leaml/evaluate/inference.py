@@ -6,7 +6,8 @@ Two engines, one predictor class:
   ``num_cpus=1`` would leave nothing for Ray Data's read tasks and the stream would hang.
 - ``local``: the same predictor in this process, with a progress bar (unit tests, debugging).
 
-The predictor is a plain class, so it is importable and testable without a cluster.
+The predictor is a plain class, so it is importable and testable without a cluster. It answers
+through :func:`leaml.models.answer.answer`, the service's answering core too.
 """
 from __future__ import annotations
 
@@ -72,34 +73,16 @@ class VQAPredictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from leaml.media import load_media
+        from leaml.models.answer import answer
         from leaml.prompts import vqa_prompt
 
         examples = [VQAExample.model_validate_json(s) for s in batch["example"]]
         media = [load_media(ex.media, num_frames=self.num_frames, root=self.media_root) for ex in examples]
         prompts = [vqa_prompt(ex.question, ex.options) for ex in examples]
-        answers: list[str | None] = [None] * len(examples)
-        if self.scoring == "options":
-            answers = self._most_likely_options(examples, media, prompts)
-        todo = [i for i, a in enumerate(answers) if a is None]
-        if todo:
-            from leaml.models.batching import generate
-
-            outs = generate(self.model, self.processor, [media[i] for i in todo], [prompts[i] for i in todo],
-                            max_new_tokens=self.max_new_tokens)
-            for i, o in zip(todo, outs, strict=True):
-                answers[i] = o[0]
-        return {**batch, "generation": np.array(answers, dtype=object)}
-
-    def _most_likely_options(self, examples: list[VQAExample], media: list, prompts: list[str]) -> list[str | None]:
-        from leaml.models.batching import score_options
-
-        with_options = [i for i, ex in enumerate(examples) if ex.options]
-        probs = score_options(self.model, self.processor, [media[i] for i in with_options],
-                              [prompts[i] for i in with_options], [examples[i].options for i in with_options])
-        answers: list[str | None] = [None] * len(examples)
-        for i, p in zip(with_options, probs, strict=True):
-            answers[i] = examples[i].options[int(np.argmax(p))]
-        return answers
+        # scoring="generate": the options are in the prompt but the answer is written, not picked.
+        options = [ex.options if self.scoring == "options" else [] for ex in examples]
+        answers = answer(self.model, self.processor, media, prompts, options, max_new_tokens=self.max_new_tokens)
+        return {**batch, "generation": np.array([a.text for a in answers], dtype=object)}
 
 
 def run_inference(examples: list[VQAExample], model_uri: str, media_root: str,

@@ -8,7 +8,8 @@ serves any ``AutoProcessor`` (tiny Qwen2.5-VL / LLaVA, production Qwen2.5-VL).
   the same for several QA turns about one media item (packed training, media encoded once).
 - ``generate``: left-padded prompts, decodes only the new tokens; ``<q>``/``<a>`` survive because
   they are not special tokens.
-- ``score_options``: the mean log-likelihood of each option as the answer, softmaxed over options.
+- ``score_options``: the mean log-likelihood of each option as the answer, softmaxed over options;
+  implemented in :mod:`leaml.models.answer` (one encoding of media + prompt shared by all options).
 
 Media: each item is a list of frames. A frame is one ``{"type": "image"}`` placeholder in the user
 turn and one entry of the flat image list, in order, so an image is ``[img]`` and a short video is
@@ -209,7 +210,6 @@ def decoding_settings(do_sample: bool, temperature: float = 1.0, top_p: float = 
                 repetition_penalty=repetition_penalty)
 
 
-@torch.no_grad()
 def score_options(
     model,
     processor,
@@ -220,31 +220,10 @@ def score_options(
     eos: bool = True,
     reduce: Literal["mean", "sum"] = "mean",
 ) -> list[list[float]]:
-    """Per prompt, a probability per option: softmax over options of the mean token log-likelihood
-    of ``option + eos`` as the answer (eos included, so an option that is a prefix of another is
-    not favoured; ``eos=False`` scores options that are prefixes of a longer answer, such as the
-    question part of a QA pair; ``reduce="sum"`` ranks by total log-likelihood, the options'
-    probabilities as whole sequences). ``batch_size`` bounds the (prompt, option) rows per forward pass."""
-    rows = [(m, p, o) for m, p, opts in zip(media, prompts, options, strict=True) for o in opts]
-    scores: list[float] = []  # per (prompt, option) row: mean or total log-likelihood
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        batch = encode_for_training(processor, *map(list, zip(*chunk)), eos=eos)
-        labels = batch.pop("labels").to(model.device)
-        batch.pop("label_turns")
-        logits = model(**to_model_inputs(batch, model)).logits
-        scores += _logprob(logits, labels, reduce).tolist()
-    out, k = [], 0
-    for opts in options:
-        out.append(torch.softmax(torch.tensor(scores[k:k + len(opts)]), dim=0).tolist() if opts else [])
-        k += len(opts)
-    return out
+    """Per prompt, a probability per option (softmax of each option's mean or total token
+    log-likelihood): :func:`leaml.models.answer.score_options`, which encodes each media + prompt
+    once and scores every option from that shared prefix. This name stays for its callers."""
+    from leaml.models.answer import score_options as shared_prefix_scores
 
-
-def _logprob(logits: torch.Tensor, labels: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
-    # Position t predicts token t+1.
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    total = (logp * mask).sum(-1)
-    return total if reduce == "sum" else total / mask.sum(-1).clamp(min=1)
+    return shared_prefix_scores(model, processor, media, prompts, options, batch_size=batch_size, eos=eos,
+                                reduce=reduce)

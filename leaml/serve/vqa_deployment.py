@@ -1,12 +1,13 @@
 """The VQA model on Ray Serve: builder args -> checkpoint -> predictor -> FastAPI ingress deployment.
 
 - :class:`VQAPredictor` (plain class, no Ray): a model + processor behind the
-  :class:`~leaml.serve.vqa_app.Predictor` protocol. ``predict_batch`` answers a list of queries:
-  those with options by ``score_options`` (answer = the highest-scoring option), the others by
-  greedy ``generate``. Each query is first checked against the backbone's processor limits
-  (:mod:`leaml.models.limits`); a batch that fails is retried one query at a time, so one bad
-  query cannot fail its neighbours, and a query that fails alone while the model still answers
-  its warm-up query is the input's fault: ``ModelInputError("model_rejected_input")``, a 422.
+  :class:`~leaml.serve.vqa_app.Predictor` protocol. ``predict_batch`` answers a list of queries
+  through the answering core (:func:`leaml.models.answer.answer`, as evaluation does): those with
+  options scored (answer = the most likely option), the others generated greedily. Each query is
+  first checked against the backbone's processor limits (:mod:`leaml.models.limits`); a batch
+  that fails is retried one query at a time, so one bad query cannot fail its neighbours, and a
+  query that fails alone while the model still answers its warm-up query is the input's fault:
+  ``ModelInputError("model_rejected_input")``, a 422.
 - :class:`BatchedPredictor`: the same interface with ``@serve.batch`` dynamic batching, so
   concurrent requests on a replica share forward passes. Built inside the replica (``serve.batch``
   needs a replica context), from the batch size and wait time in the builder's args.
@@ -66,7 +67,9 @@ class ServeArgs(BaseModel):
     max_new_tokens: int = Field(16, ge=1, le=512)
     """Longest generated answer (questions without options); VQA answers are short."""
     score_rows_per_forward: int = Field(64, ge=1)
-    """(query, option) rows per forward pass when scoring options; bounds activation memory."""
+    """Sequences per forward pass when scoring options (``score_options``' ``batch_size``): queries,
+    each continued by all its options, or (query, option) rows on the per-option fallback; bounds
+    activation memory."""
     warmup: bool = True
     """Run one dummy query before reporting ready, so the first client does not pay for lazy init."""
     batching: BatchingArgs = BatchingArgs()
@@ -145,32 +148,18 @@ class VQAPredictor:
         self.predict_batch([Query([img], "warm up", ()), Query([img], "warm up", ("a", "b"))])
 
     def predict_batch(self, queries: list[Query]) -> list[Prediction]:
-        """One ``generate`` for the queries without options, one ``score_options`` for the rest."""
-        from leaml.models.batching import generate, score_options
+        """All queries through :func:`leaml.models.answer.answer`: the ones with options scored
+        (answer = the most likely option), the others generated (answer stripped)."""
+        from leaml.models.answer import answer
         from leaml.prompts import vqa_prompt
 
-        out: list[Prediction | None] = [None] * len(queries)
-        free = [i for i, q in enumerate(queries) if not q.options]
-        mc = [i for i, q in enumerate(queries) if q.options]
-        if free:
-            texts = generate(
-                self.model, self.processor, [queries[i].frames for i in free],
-                [vqa_prompt(queries[i].question, []) for i in free], max_new_tokens=self.max_new_tokens,
-            )
-            for i, t in zip(free, texts):
-                out[i] = Prediction(answer=t[0].strip(), batch_size=len(queries))
-        if mc:
-            probs = score_options(
-                self.model, self.processor, [queries[i].frames for i in mc],
-                [vqa_prompt(queries[i].question, list(queries[i].options)) for i in mc],
-                [list(queries[i].options) for i in mc],
-                batch_size=self.score_rows_per_forward,
-            )
-            for i, p in zip(mc, probs):
-                best = max(range(len(p)), key=p.__getitem__)
-                out[i] = Prediction(answer=queries[i].options[best], scores=[float(x) for x in p],
-                                    batch_size=len(queries))
-        return out  # type: ignore[return-value]
+        answers = answer(
+            self.model, self.processor, [q.frames for q in queries],
+            [vqa_prompt(q.question, list(q.options)) for q in queries], [list(q.options) for q in queries],
+            max_new_tokens=self.max_new_tokens, rows_per_forward=self.score_rows_per_forward,
+        )
+        return [Prediction(answer=a.text if a.scores is not None else a.text.strip(), scores=a.scores,
+                           batch_size=len(queries)) for a in answers]
 
     def predict_many(self, queries: list[Query]) -> list[Prediction | Exception]:
         """:meth:`predict_batch` on the queries within the processor's limits, falling back to one
