@@ -17,8 +17,8 @@ from leaml import storage
 from leaml.data import synth_endo
 from leaml.data.kvasir import PAPER, PAPER_CATEGORIES
 from leaml.data.synth_common import options_by_template, png_bytes, rng_for, with_options
-from leaml.data.world import DomainSpec, WorldSettings, WorldSummary, _run_items, build, build_general
-from leaml.records import Caption, MediaRef, VQAExample, save_records
+from leaml.data.world import DomainSpec, WorldSettings, WorldSummary, build, build_general, teacher_pool
+from leaml.records import MediaRef, VQAExample, save_records
 
 
 class WorldConfig(WorldSettings):
@@ -63,23 +63,18 @@ def _endo_job(args: tuple[WorldConfig, str, int]) -> tuple[str, bytes, list[VQAE
     return media.uri, png, qa
 
 
-def _teacher_job(args: tuple[WorldConfig, int]) -> tuple[str, bytes, list[Caption]]:
-    cfg, i = args
-    media_id = f"endo-teacher-{i:05d}"
+def _draw_teacher_item(cfg: WorldConfig, media_id: str) -> tuple[dict, bytes]:
     scene, png = _endo_scene(cfg, media_id)
-    attrs = asdict(scene)
-    text = synth_endo.noisy_caption(attrs, rng_for(cfg.seed, media_id, "caption"),
-                                    cfg.caption_mention_p, cfg.caption_wrong_p)
-    uri = f"media/{media_id}.png"
-    return uri, png, [Caption(media_id=media_id, text=text, model="synthetic-teacher",
-                              meta={"uri": uri, "scene": attrs})]
+    return asdict(scene), png
 
 
 SPEC = DomainSpec(
     name="endo",
     split_sizes=lambda cfg: (cfg.n_endo_train, cfg.n_endo_test),
     item_job=_endo_job,
-    teacher_job=_teacher_job,
+    draw_teacher_item=_draw_teacher_item,
+    noisy_caption=synth_endo.noisy_caption,
+    media_suffix=".png",
     general_image_size=lambda cfg: cfg.image_size,
     template_info=lambda t: {"question": synth_endo.TEMPLATES[t].question},
     size_names=("endo_train_images", "endo_test_images"),
@@ -107,7 +102,7 @@ def build_corpus(out: str, n_general: int = 6000, n_teacher_pool: int = 3000, im
                       caption_mention_p=caption_mention_p, caption_wrong_p=caption_wrong_p)
     workers = workers or os.cpu_count() or 1
     captions, qa = build_general(cfg, cfg.image_size, out, workers)
-    teacher = _run_items(out, _teacher_job, [(cfg, i) for i in range(n_teacher_pool)], workers, "teacher pool")
+    teacher = teacher_pool(cfg, out, workers)
     vocab = [qa for c in teacher for qa in synth_endo.endo_questions(
         synth_endo.EndoScene(**c.meta["scene"]), rng_for(seed, c.media_id, "questions"),
         MediaRef(id=c.media_id, uri=c.meta["uri"]), (len(synth_endo.TEMPLATES),) * 2, "train")]

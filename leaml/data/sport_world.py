@@ -34,7 +34,7 @@ from leaml.data.world import (
     DomainSpec, WorldSettings, WorldSummary, accuracy_by_category, build, majority, prior_answers,
 )
 from leaml.media import write_video
-from leaml.records import Caption, MediaRef, VQAExample
+from leaml.records import MediaRef, VQAExample
 
 
 class SportWorldConfig(WorldSettings):
@@ -101,17 +101,9 @@ def _clip_job(args: tuple[SportWorldConfig, str, int]) -> tuple[str, bytes, list
     return media.uri, mp4, qa
 
 
-def _teacher_job(args: tuple[SportWorldConfig, int]) -> tuple[str, bytes, list[Caption]]:
-    cfg, i = args
-    media_id = f"sport-teacher-{i:05d}"
+def _draw_teacher_item(cfg: SportWorldConfig, media_id: str) -> tuple[dict, bytes]:
     scene, mp4 = _clip(cfg, media_id)
-    attrs = synth_sport.scene_dict(scene)
-    text = synth_sport.noisy_caption(attrs, rng_for(cfg.seed, media_id, "caption"),
-                                     cfg.caption_mention_p, cfg.caption_wrong_p)
-    uri = f"media/{media_id}.mp4"
-    # meta.kind: a caption names its media by uri only, and a video must not be read as an image
-    return uri, mp4, [Caption(media_id=media_id, text=text, model="synthetic-teacher",
-                              meta={"uri": uri, "kind": "video", "scene": attrs})]
+    return synth_sport.scene_dict(scene), mp4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +148,9 @@ SPEC = DomainSpec(
     name="sport",
     split_sizes=lambda cfg: (cfg.n_train, cfg.n_test),
     item_job=_clip_job,
-    teacher_job=_teacher_job,
+    draw_teacher_item=_draw_teacher_item,
+    noisy_caption=synth_sport.noisy_caption,
+    media_suffix=".mp4",
     general_image_size=lambda cfg: cfg.frame_size,
     template_info=lambda t: {"question": TEMPLATES[t].question, "category": TEMPLATES[t].category},
     size_names=("train_clips", "test_clips"),

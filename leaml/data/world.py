@@ -76,8 +76,12 @@ class DomainSpec:
     """cfg -> (train items, test items)."""
     item_job: Job
     """(cfg, split, i) -> one train or test item and its QA pairs (options left empty)."""
-    teacher_job: Job
-    """(cfg, i) -> one teacher-pool item and its noisy Caption."""
+    draw_teacher_item: Callable[[WorldSettings, str], tuple[dict, bytes]]
+    """(cfg, media id) -> a teacher-pool item's scene attributes and media bytes."""
+    noisy_caption: Callable[..., str]
+    """(scene attributes, rng, mention_p, wrong_p) -> the teacher corpus's caption of the item."""
+    media_suffix: str
+    """File suffix of the domain's media (".png", ".mp4")."""
     general_image_size: Callable[[WorldSettings], int]
     """Side of the general domain's pictures in this world."""
     template_info: Callable[[str], dict]
@@ -130,8 +134,7 @@ def build(cfg, out: str, workers: int | None = None) -> WorldSummary:
     train, test = with_options(train, options), with_options(test, options)
     labeled = select_labeled(train, cfg.labeled_fraction, labeled_pick_seed(cfg))
     unlabeled = unlabeled_media(train, labeled)
-    teacher = _run_items(out, spec.teacher_job, [(cfg, i) for i in range(cfg.n_teacher_pool)], workers,
-                         "teacher pool")
+    teacher = teacher_pool(cfg, out, workers)
     general_captions, general_qa = build_general(cfg, spec.general_image_size(cfg), out, workers)
 
     prior = accuracy_by_category(test, prior_answers(train), spec.paper_categories)
@@ -150,6 +153,24 @@ def build(cfg, out: str, workers: int | None = None) -> WorldSummary:
     storage.write_text(storage.join(out, "world.json"), json.dumps(world, indent=2, sort_keys=True) + "\n")
     return WorldSummary(out=str(out), sizes=sizes, prior_only=prior, baselines=baselines,
                         seconds=time.perf_counter() - start)
+
+
+def teacher_pool(cfg, out: str, workers: int) -> list[Caption]:
+    """The ``cfg.n_teacher_pool`` items of the teacher's noisy corpus under ``out``, captioned."""
+    return _run_items(out, _teacher_job, [(cfg, i) for i in range(cfg.n_teacher_pool)], workers, "teacher pool")
+
+
+def _teacher_job(args: tuple) -> tuple[str, bytes, list[Caption]]:
+    cfg, i = args
+    spec = domain_spec(cfg.domain)
+    media_id = f"{spec.name}-teacher-{i:05d}"
+    attrs, data = spec.draw_teacher_item(cfg, media_id)
+    text = spec.noisy_caption(attrs, rng_for(cfg.seed, media_id, "caption"), cfg.caption_mention_p, cfg.caption_wrong_p)
+    uri = f"media/{media_id}{spec.media_suffix}"
+    # meta.kind: a caption names its media by uri only, and a video must not be read as an image
+    kind = {"kind": "video"} if spec.media_suffix == ".mp4" else {}
+    return uri, data, [Caption(media_id=media_id, text=text, model="synthetic-teacher",
+                               meta={"uri": uri, **kind, "scene": attrs})]
 
 
 def build_general(cfg: WorldSettings, image_size: int, out: str, workers: int) -> tuple[list[Caption], list[VQAExample]]:
