@@ -9,10 +9,11 @@ media sniffed and decoded under :class:`~leaml.media.MediaLimits` -> ``predictor
 - ``GET /healthz`` (process alive), ``GET /readyz`` (model loaded), ``GET /v1/models``.
 
 Every refusal is a 4xx ``{"error": {"code", "message", "request_id"}}`` with a code from
-:data:`ERROR_STATUS`; the key is checked before the body is read, so a request without a valid key
-costs no parsing, decoding or model time. One log line per request carries the request id, sizes,
-timings and outcome, never the question, the options or media bytes; error messages (which may
-quote client input) go to the client only.
+:data:`ERROR_STATUS`; a model that is loading or whose replica died (:class:`PredictorUnavailable`)
+is a 503 with ``Retry-After``, which a client may retry as is. The key is checked before the body
+is read, so a request without a valid key costs no parsing, decoding or model time. One log line
+per request carries the request id, sizes, timings and outcome, never the question, the options or
+media bytes; error messages (which may quote client input) go to the client only.
 
 The model side is the :class:`Predictor` protocol (``leaml.serve.vqa_deployment`` implements it
 with dynamic batching on Ray Serve); tests pass a deterministic fake with the same interface.
@@ -82,18 +83,35 @@ ERROR_STATUS: dict[str, int] = {
     "too_many_tokens": 413,  # frames that need more tokens than the model's context holds
     "model_rejected_input": 422,  # the model fails on this input alone while it answers others
     "not_ready": 503,  # the model is not loaded yet
+    "model_unavailable": 503,  # the model replica died or none answered in time; retry after Retry-After
     "internal": 500,  # a bug or model failure; never caused by input alone
 }
 
 
-class ApiError(Exception):
-    """A refusal with a stable ``code``; its message goes to the client, never to the logs."""
+NOT_READY_RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 ``not_ready``: loading a model takes seconds to minutes."""
 
-    def __init__(self, code: str, message: str):
+
+class ApiError(Exception):
+    """A refusal with a stable ``code``; its message goes to the client, never to the logs.
+    ``retry_after_s`` (503s) becomes a ``Retry-After`` header."""
+
+    def __init__(self, code: str, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = ERROR_STATUS[code]
+        self.retry_after_s = retry_after_s
+
+
+class PredictorUnavailable(RuntimeError):
+    """Raised by a :class:`Predictor` whose model cannot answer now but will soon (its replica died
+    mid-request and is being replaced, or none answered in time): a 503 ``model_unavailable``
+    with ``Retry-After: retry_after_s``. The request did not fail because of its input."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +406,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else None
-        return _error(rec_of(request), exc.code, exc.message, headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return _error(rec_of(request), exc.code, exc.message, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -629,7 +649,7 @@ def create_app(
         question, options = check_text(parsed.question, parsed.options, limits)
         rec.question_chars, rec.options = len(question), len(options)
         if not predictor.is_ready():
-            raise ApiError("not_ready", "the model is still loading")
+            raise ApiError("not_ready", "the model is still loading", retry_after_s=NOT_READY_RETRY_AFTER_S)
 
         t0 = time.perf_counter()
         async with decode_slots:
@@ -643,6 +663,8 @@ def create_app(
             pred = await predictor.predict(Query(frames=frames, question=question, options=options))
         except ModelInputError as e:  # the input's fault, known before or isolated by the predictor
             raise ApiError(e.code if e.code in ERROR_STATUS else "model_rejected_input", e.message) from None
+        except PredictorUnavailable as e:  # not this request's fault: the same request may be retried
+            raise ApiError("model_unavailable", str(e), retry_after_s=e.retry_after_s) from None
         except Exception as e:  # noqa: BLE001 - logged by type and frames only: messages may quote input
             log.error("predictor failed id=%s error=%s\n%s", rec.request_id, type(e).__name__,
                       "".join(traceback.format_tb(e.__traceback__)))

@@ -1,0 +1,155 @@
+"""The VQA service as two deployments, so that a dead model replica is a 503, not a 500:
+HTTP request -> :class:`VQAGateway` (auth, parsing, decoding, limits) -> handle -> :class:`VQAModel`.
+
+With one deployment (:class:`~leaml.serve.vqa_deployment.VQAService`) the HTTP app lives in the
+model's process: a replica that is SIGKILLed (OOM killer, a node lost, a CUDA crash) takes its
+requests in flight with it, and Serve's proxy answers each with a plain-text ``500 Internal Server
+Error`` that no client can tell from a bug (``benchmarks/serve_load.py --topology single``).
+Here the same app (:func:`~leaml.serve.vqa_app.create_app`) runs in a gateway replica that holds no
+model and calls model replicas through a deployment handle (:class:`RemotePredictor`):
+
+- a model replica dies mid-request: the request is answered 503 ``model_unavailable`` with
+  ``Retry-After``; Serve replaces the replica, and requests that arrive meanwhile wait in the
+  handle's queue for it (up to ``gateway.model_timeout_s``, then the same 503: never a hang);
+- bad input, a missing key and ``/healthz`` are still answered by the gateway while no model
+  replica is up: they never reach, nor wait for, a model.
+
+What it costs: one more process (the gateway imports the model layer for its processor limits, so
+it holds torch but no weights), and decoded frames cross the object store to the model replica.
+The gateway replica itself can still die; it is small and restarts in seconds, but its requests in
+flight then get the proxy's 500 as before.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from leaml.serve.vqa_app import ModelCard, Prediction, PredictorUnavailable, Query, create_app
+from leaml.serve.vqa_deployment import BatchedPredictor, ServeArgs, VQAPredictor, log_through_serve
+
+log = logging.getLogger("leaml.serve.vqa")
+GATEWAY_NAME = "VQAGateway"
+MODEL_NAME = "VQAModel"
+
+
+class GatewaySettings(BaseModel):
+    """How the gateway waits for model replicas."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    model_timeout_s: float = Field(60.0, gt=0)
+    """Longest wait for a model answer (queue + batch + forward); then 503 ``model_unavailable``.
+    Keep it above a replica's restart time (model load + warm-up), or a restart turns into 503s."""
+    retry_after_s: int = Field(1, ge=0)
+    """``Retry-After`` of a 503: a retry waits in the queue for the replacement replica anyway."""
+
+
+class GatewayArgs(ServeArgs):
+    """``args`` of :func:`build_app`: the model's :class:`~leaml.serve.vqa_deployment.ServeArgs`
+    plus the gateway's settings."""
+
+    gateway: GatewaySettings = GatewaySettings()
+    """Model timeout and Retry-After."""
+
+    def model_args(self) -> dict:
+        return self.model_dump(mode="json", exclude={"gateway"})
+
+
+class VQAModel:
+    """One model replica: the predictor behind handle methods (Ray decorators: :func:`gateway_application`)."""
+
+    def __init__(self, args: dict):
+        log_through_serve()
+        self.args = ServeArgs.model_validate(args)
+        self.predictor = VQAPredictor.load(self.args)
+        b = self.args.batching
+        self._answer = (BatchedPredictor(self.predictor, b.max_batch_size, b.batch_wait_timeout_s)
+                        if b.enabled else self.predictor)
+
+    def card(self) -> ModelCard:
+        return self.predictor.card
+
+    async def predict(self, query: Query) -> Prediction:
+        """A prediction, or the predictor's ``ModelInputError`` (it crosses the handle intact)."""
+        return await self._answer.predict(query)
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose model is gone is restarted."""
+        if not self.predictor.is_ready():
+            raise RuntimeError("VQA model not loaded")
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    # RayActorError covers ActorDiedError (SIGKILL, OOM, node lost) and ActorUnavailableError.
+    return RayActorError, BackPressureError, DeploymentUnavailableError
+
+
+class RemotePredictor:
+    """:class:`~leaml.serve.vqa_app.Predictor` over a handle to :class:`VQAModel` replicas; a
+    replica that dies or does not answer in time is :class:`~leaml.serve.vqa_app.PredictorUnavailable`."""
+
+    def __init__(self, handle, card: ModelCard, settings: GatewaySettings):
+        self.handle, self.card, self.settings = handle, card, settings
+        self._unavailable = _unavailable_errors()
+
+    def is_ready(self) -> bool:
+        # Serve routes only to replicas that passed their health check, and queues while none is
+        # up; readiness of the model is the model deployment's, not this process's.
+        return True
+
+    async def predict(self, query: Query) -> Prediction:
+        s = self.settings
+        try:
+            return await asyncio.wait_for(self.handle.predict.remote(query), s.model_timeout_s)
+        except self._unavailable as e:
+            log.warning("model replica unavailable (%s); answered model_unavailable", type(e).__name__)
+            raise PredictorUnavailable("the model replica serving this request stopped; retry",
+                                       s.retry_after_s) from None
+        except TimeoutError:  # asyncio.wait_for cancelled the call: it leaves no work behind
+            raise PredictorUnavailable(f"no model replica answered within {s.model_timeout_s:g} s; retry",
+                                       s.retry_after_s) from None
+
+
+class VQAGateway:
+    """The HTTP app of :func:`~leaml.serve.vqa_app.create_app` in front of a :class:`VQAModel` handle."""
+
+    def __init__(self, args: dict, model):
+        log_through_serve()
+        self.args = GatewayArgs.model_validate(args)
+        self.model = model  # a DeploymentHandle to VQAModel (Serve passes it for the bound deployment)
+
+    async def __serve_build_asgi_app__(self):
+        from leaml.serve.metrics import build_metrics
+
+        card = await self.model.card.remote()  # waits for a model replica, as serve.run does
+        predictor = RemotePredictor(self.model, card, self.args.gateway)
+        return create_app(self.args.service_settings(), predictor, metrics=build_metrics())
+
+
+def gateway_application(args: GatewayArgs, model_options: dict | None = None, gateway_options: dict | None = None):
+    """The Serve application for ``args``; each ``*_options`` as in ``serve.deployment``
+    (``ray_actor_options``, ``max_ongoing_requests``, ``autoscaling_config``, ...)."""
+    from ray import serve
+
+    batch = args.batching.max_batch_size
+    model = serve.deployment(VQAModel, name=MODEL_NAME, **{
+        "max_ongoing_requests": max(32, 2 * batch), **(model_options or {})})
+    # The gateway holds every request that waits for a model: allow more of them than the models run.
+    gateway = serve.deployment(serve.ingress()(VQAGateway), name=GATEWAY_NAME, **{
+        "max_ongoing_requests": max(64, 4 * batch), **(gateway_options or {})})
+    return gateway.bind(args.model_dump(mode="json"), model.bind(args.model_args()))
+
+
+def build_app(args: dict):
+    """``import_path`` target (``leaml.serve.gateway:build_app``): validates ``args`` -> Application.
+    Resources per deployment come from the config's ``deployments:`` (``VQAGateway``, ``VQAModel``)."""
+    parsed = GatewayArgs.model_validate(args)
+    if Path(parsed.checkpoint).exists():  # a relative dir means "from where serve run started"
+        parsed = parsed.model_copy(update={"checkpoint": str(Path(parsed.checkpoint).resolve())})
+    return gateway_application(parsed)

@@ -1,0 +1,79 @@
+"""The gateway's model side without a cluster: a fake deployment handle stands in for VQAModel
+replicas. A replica that dies mid-request, or none answering in time, is a 503 model_unavailable with
+Retry-After; an input the model refuses is still its 422; the builder binds without a cluster."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fastapi.testclient import TestClient
+
+from leaml.models.limits import ModelInputError
+from leaml.serve.gateway import GATEWAY_NAME, MODEL_NAME, GatewayArgs, GatewaySettings, RemotePredictor, build_app
+from leaml.serve.vqa_app import ModelCard, Prediction, create_app
+from tests.serve.conftest import png_bytes, settings
+from tests.serve.test_vqa_app import ask
+
+CARD = ModelCard(id="m", checkpoint_version="v")
+
+
+class FakeHandle:
+    """``handle.predict.remote(query)`` -> an awaitable that does what ``behaviour`` says."""
+
+    def __init__(self, behaviour: str):
+        self.behaviour = behaviour
+        self.predict = self
+
+    def remote(self, query):
+        return self._answer(query)
+
+    async def _answer(self, query):
+        from ray.exceptions import ActorDiedError
+
+        if self.behaviour == "dies":
+            raise ActorDiedError()
+        if self.behaviour == "hangs":
+            await asyncio.sleep(30)
+        if self.behaviour == "refuses":
+            raise ModelInputError("unsupported_aspect_ratio", "a 1x300 frame")
+        return Prediction(answer=query.options[0], scores=[0.7, 0.3])
+
+
+def _client(behaviour: str, timeout_s: float = 5.0) -> TestClient:
+    gateway = GatewaySettings(model_timeout_s=timeout_s, retry_after_s=2)
+    predictor = RemotePredictor(FakeHandle(behaviour), CARD, gateway)
+    return TestClient(create_app(settings(), predictor))
+
+
+@pytest.mark.parametrize("behaviour, timeout_s", [("dies", 5.0), ("hangs", 0.2)])
+def test_a_dead_or_silent_model_replica_is_a_retryable_503(api_keys_env, behaviour, timeout_s):
+    with _client(behaviour, timeout_s) as c:
+        resp = ask(c, png_bytes(), options=["yes", "no"])
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "model_unavailable"
+        assert resp.headers["retry-after"] == "2"
+        assert c.get("/healthz").status_code == 200  # the gateway itself is fine
+
+
+def test_the_model_side_answer_and_refusal_cross_the_handle(api_keys_env):
+    with _client("answers") as c:
+        assert ask(c, png_bytes(), options=["yes", "no"]).json()["answer"] == "yes"
+    with _client("refuses") as c:
+        resp = ask(c, png_bytes(), options=["yes", "no"])
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "unsupported_aspect_ratio"
+
+
+def test_bad_input_and_missing_keys_never_wait_for_a_model(api_keys_env):
+    with _client("hangs", timeout_s=30) as c:  # a model that never answers: none of these may reach it
+        assert ask(c, b"not an image at all").status_code == 415
+        assert ask(c, png_bytes(), question="q" * 1001).status_code == 422
+        assert ask(c, png_bytes(), headers={}).status_code == 401
+
+
+def test_builder_validates_args_and_binds_the_gateway_to_the_model(tmp_path):
+    gateway = build_app({"checkpoint": str(tmp_path), "gateway": {"model_timeout_s": 5}})._bound_deployment
+    gateway_args, model = gateway.init_args
+    assert gateway.name == GATEWAY_NAME and model._bound_deployment.name == MODEL_NAME
+    assert gateway_args["gateway"]["model_timeout_s"] == 5 and gateway_args["checkpoint"] == str(tmp_path)
+    assert "gateway" not in model._bound_deployment.init_args[0]  # the model replica gets ServeArgs only
+    with pytest.raises(ValueError, match="model_timeout"):  # a typo'd key names itself
+        GatewayArgs.model_validate({"checkpoint": "x", "gateway": {"model_timeout": 5}})
