@@ -50,3 +50,14 @@ def job_path(value: str, key: str) -> str:
 def announce(what: str, uri: str) -> None:
     """One line a person can grep for in the job's log: where the artifacts are."""
     print(f"[artifacts] {what}: {uri}", flush=True)
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect once: to ``address``, to RAY_ADDRESS when set (``ray job submit``), else start locally.
+    Workers' output (training progress lines) reaches the driver; ``LEAML_RAY_LOGS=0`` silences it."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, log_to_driver=os.environ.get("LEAML_RAY_LOGS", "1") != "0",
+             include_dashboard=False if address in (None, "local") else None)

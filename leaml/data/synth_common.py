@@ -254,3 +254,12 @@ def maybe(rng, true: str, choices, mention_p: float, wrong_p: float) -> str | No
         return None
     others = [c for c in choices if c != true]
     return pick(rng, others) if others and rng.random() < wrong_p else true
+
+
+@dataclass(frozen=True)
+class LabelHead:
+    """One dense label of a scene: ``classes`` values, ``read(scene) -> index`` (-1: not labeled)."""
+
+    name: str
+    classes: int
+    read: Callable[[dict], int]

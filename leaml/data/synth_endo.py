@@ -602,7 +602,7 @@ def dense_labels() -> list:
     """Finding, procedure, landmark, instrument, counts, main polyp's size / type / colour,
     abnormality cell, artefacts, as ``LabelHead`` s of the scene dict (``asdict(EndoScene)``)."""
     from leaml.data.synth_common import LOCATIONS
-    from leaml.pretrain.tower import LabelHead
+    from leaml.data.synth_common import LabelHead
 
     def of(values, get):
         values = list(values)

@@ -193,7 +193,7 @@ NO_OBJECT = "none"
 def dense_labels() -> list:
     """Per picture: background, gradient, texture, round view, number of objects, and the shape and
     colour in each of the 9 cells (``none`` when empty), as ``LabelHead`` s of the scene dict."""
-    from leaml.pretrain.tower import LabelHead
+    from leaml.data.synth_common import LabelHead
 
     backgrounds, shapes, colours = list(BACKGROUNDS), [NO_OBJECT, *SHAPES], [NO_OBJECT, *COLOURS]
 

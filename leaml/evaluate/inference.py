@@ -12,7 +12,6 @@ through :func:`leaml.models.answer.answer`, the service's answering core too.
 from __future__ import annotations
 
 import json
-import os
 from typing import Literal
 
 import numpy as np
@@ -115,19 +114,10 @@ def _threads(cfg: InferenceConfig) -> int:
     return cfg.torch_threads or max(1, int(cfg.actor_cpus))
 
 
-def init_ray(address: str | None = None) -> None:
-    """Connect once: to ``address``, to RAY_ADDRESS when set (``ray job submit``), else start locally.
-    Workers' output (training progress lines) reaches the driver; ``LEAML_RAY_LOGS=0`` silences it."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=address, log_to_driver=os.environ.get("LEAML_RAY_LOGS", "1") != "0",
-             include_dashboard=False if address in (None, "local") else None)
-
-
 def _run_ray(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceConfig) -> list[str]:
     import ray
+
+    from leaml.jobs import init_ray
 
     init_ray(cfg.ray_address)
     threads = _threads(cfg)

@@ -13,7 +13,7 @@
 
 Like a build system: each stage names the config that determines it, the artifacts it reads and
 the stages that make them. Before it runs, its fingerprint (config + output format version +
-content digests of those artifacts, :mod:`leaml.pipeline.fingerprint`) is recorded; a stage is
+content digests of those artifacts, :mod:`leaml.fingerprint`) is recorded; a stage is
 done when its done marker exists and its recorded fingerprint equals the current one. A changed
 config section or input makes it stale: its outputs are removed and it is redone, and so is
 whatever then reads a changed output (an upstream that re-ran but wrote the same bytes changes
@@ -31,7 +31,7 @@ from typing import Callable
 
 from leaml import storage
 from leaml.config import dump_config
-from leaml.pipeline import fingerprint as fp
+from leaml import fingerprint as fp
 from leaml.pipeline.config import ROW_TITLES, PipelineConfig
 from leaml.records import MediaRef, VQAExample, load_records, save_records
 from leaml.train.config import TrainConfig
@@ -427,7 +427,7 @@ def plan(run: Run) -> list[Stage]:
 def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, report: bool = True) -> dict[str, str]:
     """Run every stage not yet done (or only those whose name starts with one of ``only``);
     write the report when every row is evaluated; returns the report paths (empty if none)."""
-    from leaml.evaluate.inference import init_ray
+    from leaml.jobs import init_ray
     from leaml.jobs import announce
     from leaml.plan import check_fits
 

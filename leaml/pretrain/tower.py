@@ -23,14 +23,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-
-@dataclass(frozen=True)
-class LabelHead:
-    """One dense label of a scene: ``classes`` values, ``read(scene) -> index`` (-1: not labeled)."""
-
-    name: str
-    classes: int
-    read: Callable[[dict], int]
+from leaml.data.synth_common import LabelHead
 
 
 def image_tokens(model, processor, images: Sequence[Image.Image]) -> torch.Tensor:

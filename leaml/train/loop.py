@@ -354,7 +354,7 @@ def _local_ckpt_root(job: TrainJob) -> str:
 
 
 def _job_fingerprint(job: TrainJob) -> str:
-    from leaml.pipeline.fingerprint import job_fingerprint
+    from leaml.fingerprint import job_fingerprint
 
     # run_training sets it once in the driver; a direct call (tests, debugging) digests the inputs
     # here, which is cheap: file digests are cached by (size, mtime)

@@ -16,7 +16,7 @@ from leaml.train.loop import TrainJob, train_loop_per_worker
 def run_training(job: TrainJob, engine: Literal["ray", "local"] = "ray", storage_path: str | None = None,
                  ray_address: str | None = None) -> dict:
     """Train; returns the final metrics. ``storage_path`` holds Ray Train's run and checkpoints."""
-    from leaml.pipeline.fingerprint import job_fingerprint
+    from leaml.fingerprint import job_fingerprint
 
     if job.fingerprint is None:  # once, in the driver: workers then agree on it without re-reading inputs
         job = job.model_copy(update={"fingerprint": job_fingerprint(job)})
@@ -29,7 +29,7 @@ def _run_on_ray(job: TrainJob, storage_path: str | None, ray_address: str | None
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from leaml.evaluate.inference import init_ray
+    from leaml.jobs import init_ray
 
     init_ray(ray_address)
     sc = job.train.scaling

@@ -79,7 +79,7 @@ def run_scoring_task(cfg: ScoringConfig, engine: str = "ray", ray_address: str |
         return run_scoring(cfg)
     import ray
 
-    from leaml.evaluate.inference import init_ray
+    from leaml.jobs import init_ray
 
     init_ray(ray_address)
     task = ray.remote(num_gpus=cfg.mask.scoring_gpus, num_cpus=cfg.mask.scoring_cpus, max_retries=1)(_score_remote)

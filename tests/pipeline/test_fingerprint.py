@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from leaml.pipeline import fingerprint as fp
+from leaml import fingerprint as fp
 from leaml.pipeline.config import PipelineConfig
 from leaml.pipeline.graph import Run, assess_stages, plan, print_status, run_stage, safe_join
 

@@ -216,7 +216,7 @@ def test_job_names_cannot_leave_the_storage_path(tiny_base, tmp_path):
 
 
 def test_job_fingerprint_ignores_scheduling_but_not_what_is_trained(tiny_world, tiny_base, tmp_path):
-    from leaml.pipeline.fingerprint import job_fingerprint
+    from leaml.fingerprint import job_fingerprint
 
     base = job(tiny_world, tiny_base, tmp_path / "a")
 
