@@ -4,6 +4,7 @@
     leaml data synth   [--config world.yaml] --out DIR [overrides]    the synthetic world
     leaml data synth-sport [--config sport.yaml] --out DIR [overrides]  the sport (video) world
     leaml data convert kvasir|sportu --src PATH --out DIR [overrides]  a downloaded real dataset
+    leaml data carve-validation --src DIR --out DIR [--media N]      a validation split from train
     leaml model init   --preset tiny-qwen2.5-vl --data DIR --out DIR   a tiny base model (untrained)
     leaml model pretrain --config ray_jobs/configs/demo.yaml [--release]  the staged base models
     leaml evaluate     --config eval.yaml [overrides]                 accuracy report
@@ -55,6 +56,14 @@ def cmd_data_synth_sport(args) -> None:
         per = acc["per_category"]
         cats = ", ".join(f"{c} {100 * per[c]:.1f}" for c in ("easy", "medium", "hard") if c in per)
         print(f"{label}: {100 * acc['mean_of_categories']:.1f}% mean of categories ({cats})")
+
+
+def cmd_data_carve_validation(args) -> None:
+    from leaml.data.validation import carve_validation
+
+    sizes = carve_validation(args.src, args.out, n_media=args.media, seed=args.seed)
+    print(f"validation split written to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    print(f"tune with: leaml run --config <pipeline.yaml> data_dir={args.out} run_dir=<dir>")
 
 
 def cmd_data_convert(args) -> None:
@@ -162,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="the dataset directory to write (local or s3://)")
     _add_config_args(convert)
     convert.set_defaults(func=cmd_data_convert)
+    carve = data.add_parser("carve-validation", help="a validation split carved from a dataset directory's "
+                            "train split (its test.jsonl), for tuning without the test split")
+    carve.add_argument("--src", required=True, help="a dataset directory (synthetic world or converted data)")
+    carve.add_argument("--out", required=True)
+    carve.add_argument("--media", type=int, default=150, help="train media items to hold out")
+    carve.add_argument("--seed", type=int, default=0)
+    carve.set_defaults(func=cmd_data_carve_validation)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="model_command", required=True)
     init = model.add_parser("init", help="build an untrained tiny preset (tokenizer trained on the data)")
