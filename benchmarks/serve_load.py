@@ -14,10 +14,11 @@ and bad inputs that must be 4xx with their stable code whatever happens to the m
 image format, a truncated JPEG, an image the processor refuses (1x300: Qwen2.5-VL takes up to
 200:1), a question over the length limit, too many options, and a valid request without a key.
 
-``--topology gateway`` (default, ``leaml.serve.gateway``): the HTTP app in its own replica, the
-model behind a handle; a dead model replica is a 503 ``model_unavailable`` with Retry-After.
-``--topology single`` (``leaml.serve.vqa_deployment.VQAService``): app and model in one replica;
-its requests in flight die with it and Serve's proxy answers them with a plain-text 500.
+``--topology gateway`` (default; the shipped setup, ``leaml.serve.gateway``): the HTTP app in its
+own replica, the model behind a handle; a dead model replica is a 503 ``model_unavailable`` with
+Retry-After. ``--topology single`` (the baseline the split replaced, built here: ``single_process_app``):
+app and model in one replica; its requests in flight die with it and Serve's proxy answers them
+with a plain-text 500.
 
     .venv/bin/python benchmarks/serve_load.py                           # tiny model, ~1-2 min on 2 CPUs
     .venv/bin/python benchmarks/serve_load.py --clients 32 --steady-s 300 --kills 3 --json load.json
@@ -244,6 +245,31 @@ def logs_quoting(session_dir: Path, secrets: list[str]) -> dict[str, list[str]]:
     return {s: [p.name for p, t in texts.items() if s in t] for s in secrets}
 
 
+SINGLE_NAME = "VQAService"
+
+
+def single_process_app(args: dict, replica_cpus: float):
+    """The baseline topology: :class:`~leaml.serve.vqa_deployment.VQAModel` with its HTTP app in
+    the same replica (as shipped before the gateway split). Defined inside this function so Ray
+    pickles the subclass by value: this file is no importable module on the workers."""
+    from ray import serve
+
+    from leaml.serve.vqa_deployment import ServeArgs, VQAModel
+
+    class InProcessVQA(VQAModel):
+        def __serve_build_asgi_app__(self):
+            from leaml.serve.metrics import build_metrics
+            from leaml.serve.vqa_app import create_app
+
+            return create_app(self.args.service_settings(), self.answerer, metrics=build_metrics())
+
+    model_args = ServeArgs.model_validate({k: v for k, v in args.items() if k != "gateway"})
+    deployment = serve.deployment(serve.ingress()(InProcessVQA), name=SINGLE_NAME,
+                                  max_ongoing_requests=max(32, 2 * model_args.batching.max_batch_size),
+                                  ray_actor_options={"num_cpus": replica_cpus})
+    return deployment.bind(model_args.model_dump(mode="json"))
+
+
 def start_service(args: dict, topology: str = "gateway", replica_cpus: float = 0.5, gateway_cpus: float = 0.25) -> str:
     """The app on Serve (Ray already up); returns its base URL once every replica is healthy."""
     from ray import serve
@@ -253,16 +279,13 @@ def start_service(args: dict, topology: str = "gateway", replica_cpus: float = 0
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     if topology == "gateway":
-        from leaml.serve.gateway import GatewayArgs, gateway_application
+        from leaml.serve.gateway import GatewayArgs, vqa_application
 
-        app = gateway_application(GatewayArgs.model_validate(args),
-                                  model_options={"ray_actor_options": {"num_cpus": replica_cpus}},
-                                  gateway_options={"ray_actor_options": {"num_cpus": gateway_cpus}})
+        app = vqa_application(GatewayArgs.model_validate(args),
+                              model_options={"ray_actor_options": {"num_cpus": replica_cpus}},
+                              gateway_options={"ray_actor_options": {"num_cpus": gateway_cpus}})
     else:
-        from leaml.serve.vqa_deployment import ServeArgs, vqa_application
-
-        single = {k: v for k, v in args.items() if k != "gateway"}
-        app = vqa_application(ServeArgs.model_validate(single), ray_actor_options={"num_cpus": replica_cpus})
+        app = single_process_app(args, replica_cpus)
     serve.run(app, name=APP, route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
@@ -270,9 +293,8 @@ def start_service(args: dict, topology: str = "gateway", replica_cpus: float = 0
 def replica_deployments(topology: str) -> list[str]:
     """The app's deployments, the one holding the model (the one to kill) first."""
     from leaml.serve.gateway import GATEWAY_NAME, MODEL_NAME
-    from leaml.serve.vqa_deployment import DEPLOYMENT_NAME
 
-    return [MODEL_NAME, GATEWAY_NAME] if topology == "gateway" else [DEPLOYMENT_NAME]
+    return [MODEL_NAME, GATEWAY_NAME] if topology == "gateway" else [SINGLE_NAME]
 
 
 def replica_pids(deployment: str) -> list[int]:

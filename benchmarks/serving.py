@@ -1,9 +1,10 @@
 """Does dynamic batching pay? Throughput and p50/p99 latency of the VQA service, batching on vs off;
 and what does a multiple-choice request cost with 2 vs 8 options, scored per option vs from a shared prefix.
 
-checkpoint (or a fresh tiny model) -> two Serve apps on one local Ray instance, identical but for
-``batching.enabled`` -> closed-loop HTTP load on 127.0.0.1 at 1 and 16 concurrent clients -> a
-table and the batched/unbatched ratios, from one run (so machine load affects both sides alike).
+checkpoint (or a fresh tiny model) -> two Serve apps (gateway + model replica, as shipped) on one
+local Ray instance, identical but for ``batching.enabled`` -> closed-loop HTTP load on 127.0.0.1 at
+1 and 16 concurrent clients -> a table and the batched/unbatched ratios, from one run (so machine
+load affects both sides alike).
 
 Two request kinds: image + question + options (the clinical multiple-choice path, scored with
 ``score_options``) and a free-form question (greedy ``generate``); ``--kind`` picks one.
@@ -119,7 +120,7 @@ def start_service(checkpoint: str, max_batch_size: int, wait_s: float, max_new_t
     import ray
     from ray import serve
 
-    from leaml.serve.vqa_deployment import ServeArgs, vqa_application
+    from leaml.serve.gateway import GatewayArgs, vqa_application
 
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -129,11 +130,14 @@ def start_service(checkpoint: str, max_batch_size: int, wait_s: float, max_new_t
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for name, enabled in (("batched", True), ("unbatched", False)):
-        args = ServeArgs.model_validate({
+        args = GatewayArgs.model_validate({
             "checkpoint": checkpoint, "max_new_tokens": max_new_tokens, "api_keys": {"env": "BENCH_KEYS"},
             "batching": {"enabled": enabled, "max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
         })
-        app = vqa_application(args, ray_actor_options={"num_cpus": cpus}, max_ongoing_requests=4 * max_batch_size)
+        app = vqa_application(args, model_options={"ray_actor_options": {"num_cpus": cpus},
+                                                   "max_ongoing_requests": 4 * max_batch_size},
+                              # 0: two apps of --replica-cpus 1 still fit 2 CPUs (it decodes on the same cores)
+                              gateway_options={"ray_actor_options": {"num_cpus": 0}})
         serve.run(app, name=name, route_prefix=f"/{name}")
     return port
 

@@ -30,13 +30,13 @@ def build_inputs(tmp: str, n_items: int) -> tuple[str, list[dict]]:
 
 def time_local(model: str, items: list[dict], batch: int, tokens: int) -> float:
     from leaml.pipeline.captioner import CaptionerConfig, CaptionRequester
-    from leaml.pipeline.streaming import StreamConfig, run_sharded
+    from leaml.streaming import StreamConfig, run_sharded
 
     cfg = CaptionerConfig(model=model, max_new_tokens=tokens)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         run_sharded(items, CaptionRequester, {"target": {"local": cfg.model_dump()}, "num_frames": 1}, out,
-                    "caption-local", StreamConfig(engine="local", batch_size=batch, shard_size=batch * 4))
+                    "caption-local", StreamConfig(batch_size=batch, shard_size=batch * 4), engine="local")
         return len(items) / (time.perf_counter() - t0)
 
 
@@ -44,16 +44,17 @@ def time_serve(model: str, items: list[dict], batch: int, tokens: int, replicas:
     from ray import serve
 
     from leaml.pipeline.captioner import APP_NAME, DEPLOYMENT_NAME, CaptionerConfig, CaptionRequester, build_captioner_app
-    from leaml.pipeline.streaming import StreamConfig, run_sharded
+    from leaml.streaming import StreamConfig, run_sharded
 
     cfg = CaptionerConfig(model=model, max_new_tokens=tokens, num_replicas=replicas, replica_cpus=0.5)
     serve.run(build_captioner_app(cfg.model_dump()), name=APP_NAME, route_prefix=None)
     target = {"serve": {"app": APP_NAME, "deployment": DEPLOYMENT_NAME}}
-    stream = StreamConfig(engine="ray", batch_size=batch, shard_size=batch * 4, num_actors=replicas, actor_cpus=0.25)
+    stream = StreamConfig(batch_size=batch, shard_size=batch * 4, num_actors=replicas, actor_cpus=0.25)
     try:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            run_sharded(items, CaptionRequester, {"target": target, "num_frames": 1}, out, "caption-serve", stream)
+            run_sharded(items, CaptionRequester, {"target": target, "num_frames": 1}, out, "caption-serve", stream,
+                        engine="ray")
             return len(items) / (time.perf_counter() - t0)
     finally:
         serve.delete(APP_NAME)

@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from leaml.config import ConfigError
+    from leaml.pipeline.lock import RunLockedError
 
     parser = build_parser()
     # key=value overrides may stand anywhere (also after an option's values): argparse leaves the
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error:\n{e}", file=sys.stderr)
         return 2
+    except RunLockedError as e:  # another `leaml run` drives this run dir
+        print(f"run dir in use:\n{e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -10,7 +10,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "leaml"
 
 # low -> high; a module's layer is its subpackage, or its own name for top-level modules
 LAYERS = [
-    {"leaml", "config", "records", "storage", "media", "prompts", "fingerprint", "jobs"},
+    {"leaml", "config", "records", "storage", "media", "prompts", "fingerprint", "jobs", "streaming"},
     {"data"},
     {"models"},
     {"train"},

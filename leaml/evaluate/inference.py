@@ -1,31 +1,38 @@
-"""VQA examples + a model checkpoint -> greedy generations, in input order.
+"""VQA examples + a model checkpoint -> one answer per example, in input order, on the one stream.
 
-Two engines, one predictor class:
-- ``ray``: Ray Data streams the examples through an actor pool of :class:`VQAPredictor` (each actor
-  loads the model once). Actors ask for a *fraction* of a CPU: on a 2-core machine two actors at
-  ``num_cpus=1`` would leave nothing for Ray Data's read tasks and the stream would hang.
-- ``local``: the same predictor in this process, with a progress bar (unit tests, debugging).
+The examples run through :func:`leaml.streaming.run_sharded` like captions and pseudo QA do: a
+question whose media does not decode, or that the model refuses, is an error row (and answered
+``""``, so it counts as wrong) while the rest of its batch is answered; finished shards are kept
+in ``stream_dir`` and a re-run resumes after the last one.
 
-The predictor is a plain class, so it is importable and testable without a cluster. It answers
-through :func:`leaml.models.answer.answer`, the service's answering core too.
+- :class:`VQARequester` is the stream's UDF: decoded media + the prompt -> the answer.
+- :class:`VQAAnswerer` is the model side: a checkpoint in the UDF's process (a Ray Data actor
+  under ``engine="ray"``, each loading the model once; this process under ``"local"``). It answers
+  through :func:`leaml.models.answer.answer`, the service's answering core too. Actors ask for a
+  *fraction* of a CPU: on a 2-core machine two actors at ``num_cpus=1`` would leave nothing for Ray
+  Data's read tasks and the stream would hang.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from leaml.config import StrictModel
-from leaml.records import VQAExample
+from leaml.records import MediaRef, VQAExample
+from leaml.streaming import Engine, ItemFailure, MediaUDF, StreamConfig, read_errors, read_shards, run_sharded
 
 
-class InferenceConfig(StrictModel):
-    engine: Literal["ray", "local"] = "ray"
-    """``ray``: Ray Data actor pool (the product path); ``local``: one in-process loop."""
+class InferenceSettings(StrictModel):
+    """How the examples are answered and scheduled (the pipeline's ``evaluation`` section; its
+    engine is the pipeline's)."""
+
     batch_size: int = Field(16, ge=1)
     """Examples per forward pass; larger = faster on CPU until memory runs out."""
+    shard_size: int = Field(256, ge=1)
+    """Examples per output shard of the stream: the unit of resume."""
     num_actors: int = Field(2, ge=1)
     """Model replicas in the Ray Data actor pool."""
     actor_cpus: float = Field(0.5, gt=0)
@@ -47,92 +54,115 @@ class InferenceConfig(StrictModel):
     """Answers are short options; generation stops at EOS anyway."""
     num_frames: int = Field(8, ge=1)
     """Frames sampled per video (images are one frame)."""
+
+
+SCHEDULING = {"shard_size", "num_actors", "actor_cpus", "torch_threads", "actor_gpus"}
+"""Settings that do not change an answer (so neither a stage's fingerprint nor a stream's key)."""
+
+
+class InferenceConfig(InferenceSettings):
+    """Standalone ``leaml evaluate``'s ``inference`` section: the settings plus where they run."""
+
+    engine: Engine = "ray"
+    """``ray``: Ray Data actor pool (the product path); ``local``: one in-process loop."""
     ray_address: str | None = None
     """None = ``ray.init()`` defaults (RAY_ADDRESS or a new local instance); "local" forces a new one."""
 
 
-class VQAPredictor:
-    """Ray Data batch UDF: ``{"idx", "example"}`` rows -> adds ``"generation"``: the greedy answer,
-    or under ``scoring="options"`` the most likely option."""
+class VQAAnswerer:
+    """The model side of evaluation: a checkpoint -> answers (greedy generations, or options)."""
 
-    def __init__(self, model_uri: str, media_root: str, max_new_tokens: int = 12, num_frames: int = 8,
-                 torch_threads: int | None = None, device: str = "auto", scoring: str = "generate"):
+    def __init__(self, cfg: dict):
         import torch
 
         from leaml.models.builders import load_model
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.model, self.processor = load_model(model_uri, device=device)
+        if cfg.get("torch_threads"):
+            torch.set_num_threads(cfg["torch_threads"])
+        self.model, self.processor = load_model(cfg["model"], device=cfg.get("device", "auto"))
         self.model.eval()
-        self.media_root = media_root
-        self.max_new_tokens = max_new_tokens
-        self.num_frames = num_frames
-        self.scoring = scoring
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from leaml.media import load_media
+    def answer(self, media: list[list], prompts: list[str], options: list[list[str]], max_new_tokens: int) -> list[str]:
         from leaml.models.answer import answer
+
+        return [a.text for a in answer(self.model, self.processor, media, prompts, options,
+                                       max_new_tokens=max_new_tokens)]
+
+
+class VQARequester(MediaUDF):
+    """Stream UDF: rows ``{item_id, idx, example, media_root}`` -> ``{"idx", "generation"}`` records:
+    the greedy answer, or under ``scoring="options"`` the most likely option."""
+
+    def __init__(self, target: dict, num_frames: int = 8, retry: dict | None = None, scoring: str = "generate",
+                 max_new_tokens: int = 12):
+        super().__init__(target, num_frames, retry)
+        self.scoring, self.max_new_tokens = scoring, max_new_tokens
+
+    def build_local(self, cfg: dict) -> VQAAnswerer:
+        return VQAAnswerer(cfg)
+
+    def media_ref(self, row: dict) -> MediaRef:
+        return VQAExample.model_validate_json(row["example"]).media
+
+    def process(self, refs: list[MediaRef], media: list[list], rows: list[dict]) -> list:
         from leaml.prompts import vqa_prompt
 
-        examples = [VQAExample.model_validate_json(s) for s in batch["example"]]
-        media = [load_media(ex.media, num_frames=self.num_frames, root=self.media_root) for ex in examples]
+        examples = [VQAExample.model_validate_json(r["example"]) for r in rows]
         prompts = [vqa_prompt(ex.question, ex.options) for ex in examples]
         # scoring="generate": the options are in the prompt but the answer is written, not picked.
         options = [ex.options if self.scoring == "options" else [] for ex in examples]
-        answers = answer(self.model, self.processor, media, prompts, options, max_new_tokens=self.max_new_tokens)
-        return {**batch, "generation": np.array([a.text for a in answers], dtype=object)}
+
+        def answer(idx: list[int]) -> list[str]:
+            return self.target.call("answer", [media[j] for j in idx], [prompts[j] for j in idx],
+                                    [options[j] for j in idx], self.max_new_tokens)
+
+        return [got if isinstance(got, ItemFailure) else [{"idx": int(row["idx"]), "generation": got}]
+                for row, got in zip(rows, self.isolating(answer, len(rows)))]
 
 
-def run_inference(examples: list[VQAExample], model_uri: str, media_root: str,
-                  cfg: InferenceConfig | None = None, desc: str = "evaluate") -> list[str]:
+def run_inference(examples: list[VQAExample], model_uri: str, media_root: str, cfg: InferenceSettings | None = None,
+                  *, engine: Engine, stream_dir: str | None = None, stage: str = "evaluate") -> list[str]:
     """One answer per example, in the same order: greedy generations, or the most likely options
-    (``cfg.scoring``)."""
-    cfg = cfg or InferenceConfig()
-    rows = [{"idx": i, "example": ex.model_dump_json()} for i, ex in enumerate(examples)]
-    if not rows:
+    (``cfg.scoring``); ``""`` for an example in the errors file. ``stream_dir`` keeps the shards
+    (and ``errors/``) for resume; None: a temporary directory."""
+    cfg = cfg or InferenceSettings()
+    if not examples:
         return []
-    if cfg.engine == "local":
-        return _run_local(rows, model_uri, media_root, cfg, desc)
-    return _run_ray(rows, model_uri, media_root, cfg)
+    if stream_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _answer_stream(examples, model_uri, media_root, cfg, engine, tmp, stage, key=None)
+    return _answer_stream(examples, model_uri, media_root, cfg, engine, stream_dir, stage,
+                          key=_stream_key(examples, model_uri, media_root, cfg))
 
 
-def _run_local(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceConfig, desc: str) -> list[str]:
-    from tqdm.auto import tqdm
+def _answer_stream(examples: list[VQAExample], model_uri: str, media_root: str, cfg: InferenceSettings,
+                   engine: Engine, out: str, stage: str, key: dict | None) -> list[str]:
+    # the item id orders the shards as the examples are ordered (ids of examples may repeat)
+    rows = [{"item_id": f"{i:09d}", "idx": i, "media_id": ex.media.id, "uri": ex.media.uri,
+             "media_root": media_root, "example": ex.model_dump_json()} for i, ex in enumerate(examples)]
+    target = {"local": {"model": model_uri, "device": cfg.device, "torch_threads": _threads(cfg)}}
+    stream = StreamConfig(batch_size=cfg.batch_size, shard_size=cfg.shard_size, num_actors=cfg.num_actors,
+                          min_actors=cfg.num_actors, actor_cpus=cfg.actor_cpus, actor_gpus=cfg.actor_gpus)
+    kwargs = dict(target=target, num_frames=cfg.num_frames, scoring=cfg.scoring, max_new_tokens=cfg.max_new_tokens)
+    counts = run_sharded(rows, VQARequester, kwargs, out, stage, stream, engine=engine, key=key)
+    if counts["errors"]:
+        print(f"[{stage}] WARNING: {counts['errors']} of {counts['inputs']} questions failed and count as wrong; "
+              f"why: {out}/errors/ ({read_errors(out)[0].reason[:200]} ...)", flush=True)
+    answers = {r["idx"]: r["generation"] for r in read_shards(out)}
+    return [answers.get(i, "") for i in range(len(examples))]
 
-    predictor = VQAPredictor(model_uri, media_root, cfg.max_new_tokens, cfg.num_frames, _threads(cfg), cfg.device,
-                             cfg.scoring)
-    out: list[str] = []
-    for start in tqdm(range(0, len(rows), cfg.batch_size), desc=desc, unit="batch"):
-        chunk = rows[start:start + cfg.batch_size]
-        batch = {"idx": np.array([r["idx"] for r in chunk]), "example": np.array([r["example"] for r in chunk], dtype=object)}
-        out += list(predictor(batch)["generation"])
-    return out
+
+def _stream_key(examples: list[VQAExample], model_uri: str, media_root: str, cfg: InferenceSettings) -> dict:
+    """What the answers depend on: the examples, the model's content, the answering settings."""
+    from leaml.fingerprint import canonical_digest, digest_inputs
+
+    settings = cfg.model_dump(mode="json", include=set(InferenceSettings.model_fields) - SCHEDULING)
+    return {"examples": canonical_digest([ex.model_dump(mode="json") for ex in examples]), "media_root": media_root,
+            "model": digest_inputs({"model": model_uri})["model"], "settings": settings}
 
 
-def _threads(cfg: InferenceConfig) -> int:
+def _threads(cfg: InferenceSettings) -> int:
     return cfg.torch_threads or max(1, int(cfg.actor_cpus))
-
-
-def _run_ray(rows: list[dict], model_uri: str, media_root: str, cfg: InferenceConfig) -> list[str]:
-    import ray
-
-    from leaml.jobs import init_ray
-
-    init_ray(cfg.ray_address)
-    threads = _threads(cfg)
-    ds = ray.data.from_items(rows).map_batches(
-        VQAPredictor,
-        fn_constructor_kwargs=dict(model_uri=model_uri, media_root=media_root, max_new_tokens=cfg.max_new_tokens,
-                                   num_frames=cfg.num_frames, torch_threads=threads, device=cfg.device,
-                                   scoring=cfg.scoring),
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cfg.actor_cpus,
-        num_gpus=cfg.actor_gpus,
-    )
-    results = sorted(ds.take_all(), key=lambda r: r["idx"])
-    return [r["generation"] for r in results]
 
 
 def save_predictions(uri: str, examples: list[VQAExample], generations: list[str]) -> None:

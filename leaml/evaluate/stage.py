@@ -1,8 +1,9 @@
 """Evaluation stage: a dataset split + one or more checkpoints -> predictions and a report.
 
-Reads ``<data_dir>/<split>.jsonl`` (VQAExample), runs greedy inference per model, scores
-multiple-choice accuracy per category, writes ``predictions-<name>.jsonl`` and the report
-(json / md / png) into ``out_dir``.
+Reads ``<data_dir>/<split>.jsonl`` (VQAExample), runs greedy inference per model on the stream,
+scores multiple-choice accuracy per category, writes ``predictions-<name>.jsonl`` and the report
+(json / md / png) into ``out_dir``; each model's stream shards and errors file are kept in
+``stream/<name>/`` there, so a re-run resumes.
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pydantic import Field
 
 from leaml import storage
 from leaml.config import StrictModel
-from leaml.evaluate.inference import InferenceConfig, run_inference, save_predictions
+from leaml.evaluate.inference import InferenceConfig, InferenceSettings, run_inference, save_predictions
 from leaml.evaluate.matching import score_predictions
 from leaml.evaluate.report import write_report
 from leaml.records import VQAExample, load_records
+from leaml.streaming import Engine
 
 REPORT_CATEGORIES = ["colitis", "esophagitis", "instrument", "polyps", "normal", "easy", "medium", "hard"]
 
@@ -35,6 +37,7 @@ class EvalConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
     """Evaluate only the first N examples (quick runs)."""
     inference: InferenceConfig = InferenceConfig()
+    """Answering settings, and the engine that runs them (this command's own)."""
 
 
 def load_split(data_dir: str, split: str, limit: int | None = None) -> list[VQAExample]:
@@ -42,18 +45,31 @@ def load_split(data_dir: str, split: str, limit: int | None = None) -> list[VQAE
     return examples[:limit] if limit else examples
 
 
-def evaluate_model(examples: list[VQAExample], model: ModelUnderTest, cfg: EvalConfig) -> dict:
-    gens = run_inference(examples, model.uri, cfg.data_dir, cfg.inference, desc=f"evaluate {model.name}")
-    save_predictions(storage.join(cfg.out_dir, f"predictions-{_slug(model.name)}.jsonl"), examples, gens)
+def stream_dir(out_dir: str, name: str) -> str:
+    """Where the answers of the model named ``name`` stream to (shards + ``errors/``), beside its
+    predictions file."""
+    return storage.join(out_dir, "stream", _slug(name))
+
+
+def evaluate_model(examples: list[VQAExample], model: ModelUnderTest, data_dir: str, out_dir: str,
+                   settings: InferenceSettings, *, engine: Engine) -> dict:
+    """Answer ``examples`` with ``model`` -> ``predictions-<name>.jsonl`` in ``out_dir``; its scores."""
+    gens = run_inference(examples, model.uri, data_dir, settings, engine=engine,
+                         stream_dir=stream_dir(out_dir, model.name), stage=f"evaluate {model.name}")
+    save_predictions(storage.join(out_dir, f"predictions-{_slug(model.name)}.jsonl"), examples, gens)
     return {"method": model.name, "model": model.uri, "scores": score_predictions(examples, gens)}
 
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, str]:
     """Evaluate every model; returns the report paths."""
     from leaml.data.dataset_dir import load_dataset_info
+    from leaml.jobs import init_ray
 
     examples = load_split(cfg.data_dir, cfg.split, cfg.limit)
-    rows = [evaluate_model(examples, m, cfg) for m in cfg.models]
+    if cfg.inference.engine == "ray":
+        init_ray(cfg.inference.ray_address)
+    rows = [evaluate_model(examples, m, cfg.data_dir, cfg.out_dir, cfg.inference, engine=cfg.inference.engine)
+            for m in cfg.models]
     info = load_dataset_info(cfg.data_dir)
     return write_report(cfg.out_dir, rows, cfg.title, REPORT_CATEGORIES,
                         meta={"split": cfg.split, "n_examples": len(examples), "dataset": info.title},

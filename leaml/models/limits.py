@@ -13,7 +13,7 @@ batch (or a whole stage) inside the model:
 - Both: the prompt with every frame's tokens must fit ``max_position_embeddings``
   (``too_many_tokens``: too many frames, or frames too large for the context).
 
-Failures no check foresees are isolated by retrying (``leaml.pipeline.streaming.call_isolating``,
+Failures no check foresees are isolated by retrying (``leaml.streaming.call_isolating``,
 ``leaml.serve.vqa_deployment.VQAPredictor.predict_many``).
 """
 from __future__ import annotations

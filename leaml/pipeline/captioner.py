@@ -4,38 +4,33 @@
   checkpoint, greedy so captioning twice gives the same text), ``vllm`` (GPU clusters; optional
   import, not exercised on CPU) or ``reports`` (media that already come with free text).
   :func:`build_captioner_app` wraps it in a Ray Serve deployment with autoscaling settings.
-- :class:`CaptionRequester` is the Ray Data side: decodes media (a corrupt file becomes an error
-  row, the stream goes on) and sends each batch to the deployment through its handle; an item the
-  model refuses becomes its error row too (``streaming.call_isolating`` splits the batch to find it).
+- :class:`CaptionRequester` is the stream's side (a :class:`leaml.streaming.MediaUDF`: a corrupt
+  file becomes an error row, the stream goes on) and sends each batch to its model target; an item
+  the model refuses becomes its error row too (``streaming.call_isolating`` splits the batch).
 """
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from leaml.config import StrictModel
-from leaml.pipeline.streaming import ItemFailure
+from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings
 from leaml.train.config import MediaCaps
 
 APP_NAME = "leaml-captioner"
 DEPLOYMENT_NAME = "Captioner"
 
 
-class CaptionerConfig(StrictModel):
+class CaptionerConfig(ReplicaSettings):
+    """The teacher captioner; its replica settings (``num_replicas``, ``autoscaling``, ``replica_*``)
+    are :class:`~leaml.streaming.ReplicaSettings`."""
+
     backend: Literal["transformers", "vllm", "reports"] = "transformers"
     model: str = ""
     """Checkpoint (local dir, s3:// or hub id); unused by the reports backend."""
     max_new_tokens: int = Field(40, ge=1)
     num_frames: int = Field(8, ge=1)
-    num_replicas: int | Literal["auto"] = 1
-    """Fixed replica count, or "auto" to use ``autoscaling``."""
-    autoscaling: dict = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
-    replica_cpus: float = Field(1.0, gt=0)
-    """CPUs per replica (fractional on small machines)."""
-    replica_gpus: float = Field(0.0, ge=0)
     device: str = "auto"
     """transformers backend: where the model runs (``auto``: the replica's GPU if it has one)."""
     tensor_parallel_size: int = Field(1, ge=1)
@@ -57,6 +52,18 @@ class CaptionerConfig(StrictModel):
         """What makes a caption reproducible; recorded with every caption."""
         return {"backend": self.backend, "model": self.model, "do_sample": False,
                 "max_new_tokens": self.max_new_tokens, "num_frames": self.num_frames}
+
+    def deployment_options(self) -> dict:
+        """The replica settings' Serve options; a tensor-parallel vLLM engine adds its placement group."""
+        opts = super().deployment_options()
+        if _uses_ray_executor(self):
+            # vLLM's ray executor starts one Ray worker per GPU inside the replica's placement group
+            # (the Ray Serve LLM pattern): the replica itself takes no GPU, or it would hold all of them
+            # and the engine's workers would wait forever; STRICT_PACK keeps the engine on one node.
+            opts["ray_actor_options"]["num_gpus"] = 0
+            opts["placement_group_bundles"] = [{"CPU": self.replica_cpus}] + [{"GPU": 1}] * self.tensor_parallel_size
+            opts["placement_group_strategy"] = "STRICT_PACK"
+        return opts
 
 
 class Captioner:
@@ -137,24 +144,6 @@ def vllm_request(tokenizer, frames: list, prompt: str) -> dict:
     return {"prompt": text, "multi_modal_data": {kind: data}}
 
 
-def deployment_options(cfg: "CaptionerConfig | StrictModel") -> dict:
-    """Serve options from a config's replica settings (num_replicas or autoscaling, CPUs, GPUs)."""
-    opts: dict = {"ray_actor_options": {"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
-                  "max_ongoing_requests": 4}
-    if cfg.num_replicas == "auto":
-        opts["autoscaling_config"] = cfg.autoscaling
-    else:
-        opts["num_replicas"] = cfg.num_replicas
-    if isinstance(cfg, CaptionerConfig) and _uses_ray_executor(cfg):
-        # vLLM's ray executor starts one Ray worker per GPU inside the replica's placement group
-        # (the Ray Serve LLM pattern): the replica itself takes no GPU, or it would hold all of them
-        # and the engine's workers would wait forever; STRICT_PACK keeps the engine on one node.
-        opts["ray_actor_options"]["num_gpus"] = 0
-        opts["placement_group_bundles"] = [{"CPU": cfg.replica_cpus}] + [{"GPU": 1}] * cfg.tensor_parallel_size
-        opts["placement_group_strategy"] = "STRICT_PACK"
-    return opts
-
-
 def _uses_ray_executor(cfg: CaptionerConfig) -> bool:
     return cfg.backend == "vllm" and vllm_engine_args(cfg).get("distributed_executor_backend") == "ray"
 
@@ -164,70 +153,43 @@ def build_captioner_app(args: dict):
     from ray import serve
 
     cfg = CaptionerConfig.model_validate(args)
-    return serve.deployment(Captioner, name=DEPLOYMENT_NAME, **deployment_options(cfg)).bind(cfg.model_dump())
+    return serve.deployment(Captioner, name=DEPLOYMENT_NAME, **cfg.deployment_options()).bind(cfg.model_dump())
 
 
-class CaptionRequester:
-    """Ray Data UDF: rows ``{item_id, uri, kind, media_root[, report]}`` -> Caption records or errors.
+class CaptionRequester(MediaUDF):
+    """Stream UDF: rows ``{item_id, uri, kind, media_root[, report]}`` -> Caption records or errors.
 
-    ``target`` is ``{"serve": {"app": ..., "deployment": ...}}`` (the product path) or
-    ``{"local": <CaptionerConfig dict>}`` (the same model in-process, for tests and small runs).
+    ``target`` is ``{"serve": {"app": ..., "deployment": ...[, "model", "decoding"]}}`` (the product
+    path; ``model`` and ``decoding`` describe the served captioner in every record) or ``{"local":
+    <CaptionerConfig dict>}`` (the same model in-process, for tests and small runs).
     """
 
     def __init__(self, target: dict, num_frames: int = 8, retry: dict | None = None):
-        from leaml.pipeline.streaming import RetrySettings
-
-        self.num_frames = num_frames
-        self.retry = RetrySettings.model_validate(retry or {})
-        self.cfg = None
-        if "serve" in target:
-            from ray import serve
-
-            t = target["serve"]
-            self.handle = serve.get_deployment_handle(t["deployment"], app_name=t["app"])
-            self.local = None
-            self.model_name = t.get("model", t["deployment"])
-            self.decoding = t.get("decoding", {})
+        super().__init__(target, num_frames, retry)
+        if "local" in target:
+            cfg = CaptionerConfig.model_validate(target["local"])
+            self.model_name, self.decoding = cfg.model or cfg.backend, cfg.decoding()
         else:
-            self.local = Captioner(target["local"])
-            self.model_name = self.local.cfg.model or self.local.cfg.backend
-            self.decoding = self.local.cfg.decoding()
+            described = next(iter(target.values()))
+            self.model_name = described.get("model", described.get("deployment", "fake"))
+            self.decoding = described.get("decoding", {})
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from leaml.media import load_media
-        from leaml.records import Caption, MediaRef
+    def build_local(self, cfg: dict) -> Captioner:
+        return Captioner(cfg)
 
-        n = len(batch["item_id"])
-        records, errors = [""] * n, [""] * n
-        ok, media = [], []
-        for i in range(n):
-            ref = MediaRef(id=str(batch["item_id"][i]), uri=str(batch["uri"][i]), kind=str(batch["kind"][i]))
-            try:
-                media.append(load_media(ref, num_frames=self.num_frames, root=str(batch["media_root"][i]) or None))
-                ok.append(i)
-            except Exception as e:  # noqa: BLE001 - any unreadable item goes to the errors file
-                errors[i] = f"{type(e).__name__}: {e}"
-        for i, text in zip(ok, self._caption_isolating(media, batch, ok)):
-            if isinstance(text, ItemFailure):  # the model refused this item: its error row, the rest kept
-                errors[i] = text.reason
-                continue
-            cap = Caption(media_id=str(batch["item_id"][i]), text=text, model=self.model_name,
-                          meta={"uri": str(batch["uri"][i]), "kind": str(batch["kind"][i]),
-                                "decoding": self.decoding})
-            records[i] = json.dumps([cap.model_dump()])
-        return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
-
-    def _caption_isolating(self, media: list, batch: dict, ok: list[int]) -> list:
-        """A caption or an :class:`ItemFailure` per decoded item (``ok``: their rows in ``batch``)."""
-        from leaml.pipeline.streaming import call_isolating
+    def process(self, refs: list, media: list, rows: list[dict]) -> list:
+        from leaml.records import Caption
 
         def caption(idx: list[int]) -> list[str]:
-            reports = [batch["report"][ok[j]] for j in idx] if "report" in batch else None
-            return self._caption([media[j] for j in idx], reports)
+            reports = [rows[j]["report"] for j in idx] if "report" in rows[0] else None
+            return self.target.call("caption", [media[j] for j in idx], reports)
 
-        return call_isolating(caption, list(range(len(ok))), self.retry) if ok else []
-
-    def _caption(self, media, reports):
-        if self.local is not None:
-            return self.local.caption(media, reports)
-        return self.handle.caption.remote(media, reports).result()
+        out = []
+        for ref, row, text in zip(refs, rows, self.isolating(caption, len(refs))):
+            if isinstance(text, ItemFailure):
+                out.append(text)
+                continue
+            cap = Caption(media_id=ref.id, text=text, model=self.model_name,
+                          meta={"uri": str(row["uri"]), "kind": str(row["kind"]), "decoding": self.decoding})
+            out.append([cap.model_dump()])
+        return out

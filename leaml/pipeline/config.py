@@ -10,12 +10,12 @@ from leaml import storage
 from leaml.config import StrictModel
 from leaml.data.sport_world import SportWorldConfig
 from leaml.data.endo_world import WorldConfig
-from leaml.evaluate.inference import InferenceConfig
+from leaml.evaluate.inference import InferenceSettings
 from leaml.pipeline.base_models import BaseModelSource
 from leaml.pipeline.captioner import CaptionerConfig
 from leaml.pipeline.qa_generator import QAGenConfig
-from leaml.pipeline.streaming import StreamConfig
 from leaml.plan import Resources
+from leaml.streaming import Engine, StreamConfig
 from leaml.train.config import TrainConfig
 
 Row = Literal["zero_shot_student", "zero_shot_teacher", "lora", "full", "baseline", "distill", "leaml",
@@ -62,8 +62,9 @@ class PipelineConfig(StrictModel):
     teacher: BaseModelSource = BaseModelSource(preset="tiny-qwen2.5-vl-teacher")
     cache_dir: str | None = None
     """Base-model cache (default ~/.cache/leaml or $LEAML_CACHE)."""
-    engine: Literal["ray", "local"] = "ray"
-    """ray: Ray Data + Serve + Ray Train (the product path); local: the same stages in-process."""
+    engine: Engine = "ray"
+    """ray: Ray Data + Serve + Ray Train (the product path); local: the same stages in-process. The
+    one engine setting of a run: every stage gets it as an argument (streams, evaluation, training)."""
     ray_address: str | None = None
     captioner: CaptionerConfig = CaptionerConfig()
     stream: StreamConfig = StreamConfig()
@@ -80,7 +81,7 @@ class PipelineConfig(StrictModel):
     pseudo_weight: float = Field(1.0, ge=0)
     """VQA fine-tuning draws a labeled and a pseudo batch each step; weight of the pseudo loss."""
     rows: list[Row] = Field(default_factory=lambda: list(ALL_ROWS))
-    evaluation: InferenceConfig = InferenceConfig()
+    evaluation: InferenceSettings = InferenceSettings()
     resources: Resources = Resources()
     """GPU memory and count of the cluster: ``leaml run`` refuses a run whose memory plan does not
     fit them (``leaml plan`` prints the plan); unset on CPU runs, where nothing is checked."""
@@ -100,13 +101,4 @@ class PipelineConfig(StrictModel):
             value = getattr(self, key)
             if value and not storage.is_s3(value) and not os.path.isabs(value):
                 self.__dict__[key] = os.path.abspath(value)
-        return self
-
-    @model_validator(mode="after")
-    def _local_means_local(self) -> "PipelineConfig":
-        # engine=local is "no Ray anywhere": the streaming and evaluation stages follow it.
-        # (written through __dict__: assignment would re-run this validator)
-        if self.engine == "local":
-            self.__dict__["stream"] = self.stream.model_copy(update={"engine": "local"})
-            self.__dict__["evaluation"] = self.evaluation.model_copy(update={"engine": "local"})
         return self

@@ -34,6 +34,7 @@ from leaml.config import dump_config
 from leaml import fingerprint as fp
 from leaml.pipeline.config import ROW_TITLES, PipelineConfig
 from leaml.records import MediaRef, VQAExample, load_records, save_records
+from leaml.streaming import SERVING_KNOBS
 from leaml.train.config import TrainConfig
 from leaml.train.data import DataSpec
 from leaml.train.loop import TrainJob
@@ -174,9 +175,6 @@ def _scheduling_free(cfg, *drop: str) -> dict:
     return cfg.model_dump(mode="json", exclude=set(drop))
 
 
-SERVING_KNOBS = ("num_replicas", "autoscaling", "replica_cpus", "replica_gpus")
-
-
 def _train_settings(tcfg: TrainConfig) -> dict:
     # CPUs, threads and failures tolerated do not change the result (the worker count does)
     return tcfg.model_dump(mode="json", exclude={"scaling": fp.SCHEDULING_ONLY})
@@ -220,7 +218,7 @@ def unlabeled_items(run: Run) -> list[dict]:
 
 def stage_captions(run: Run) -> Stage:
     from leaml.pipeline.captioner import APP_NAME, DEPLOYMENT_NAME, CaptionRequester, build_captioner_app
-    from leaml.pipeline.streaming import run_sharded
+    from leaml.streaming import run_sharded
 
     out = run.path("captions")
 
@@ -231,7 +229,8 @@ def stage_captions(run: Run) -> Stage:
                                  "decoding": ccfg.decoding()}} if serving else {"local": ccfg.model_dump()})
             counts = run_sharded(unlabeled_items(run), CaptionRequester,
                                  {"target": target, "num_frames": ccfg.num_frames,
-                                  "retry": run.cfg.stream.retry.model_dump()}, out, "caption", run.cfg.stream)
+                                  "retry": run.cfg.stream.retry.model_dump()}, out, "caption", run.cfg.stream,
+                                 engine=run.cfg.engine)
         _merge_captions(run)  # here, not in a generator: what the generators read is this stage's output
         storage.write_text(storage.join(out, "_SUCCESS.json"), json.dumps(counts | {"decoding": ccfg.decoding()}))
 
@@ -290,8 +289,8 @@ def stage_generator(run: Run, variant: str) -> Stage:
 
 
 def _merge_captions(run: Run) -> None:
-    from leaml.pipeline.streaming import read_shards
     from leaml.records import Caption
+    from leaml.streaming import read_shards
 
     # rewritten each time: a resumed stage has new shards; the same shards give the same bytes
     save_records(run.path("captions", "captions.jsonl"),
@@ -305,7 +304,7 @@ def known_templates(run: Run) -> dict[str, list[str]]:
 
 def stage_pseudo_qa(run: Run, variant: str) -> Stage:
     from leaml.pipeline.qa_generator import APP_NAME, DEPLOYMENT_NAME, QARequester, build_qa_generator_app
-    from leaml.pipeline.streaming import read_shards, run_sharded
+    from leaml.streaming import read_shards, run_sharded
 
     out = run.path("pseudo_qa", variant)
 
@@ -317,7 +316,7 @@ def stage_pseudo_qa(run: Run, variant: str) -> Stage:
             counts = run_sharded(unlabeled_items(run), QARequester,
                                  {"target": target, "cfg": qcfg.model_dump(), "known_templates": known_templates(run),
                                   "retry": run.cfg.stream.retry.model_dump()},
-                                 out, f"pseudo-qa {variant}", run.cfg.stream)
+                                 out, f"pseudo-qa {variant}", run.cfg.stream, engine=run.cfg.engine)
         rows = read_shards(out)
         kept = [VQAExample.model_validate(r["example"]) for r in rows if r["kept"]]
         save_records(storage.join(out, "pseudo_qa.jsonl"), kept)
@@ -385,23 +384,27 @@ def row_model(run: Run, row: str) -> str:
 
 
 def stage_eval_row(run: Run, row: str) -> Stage:
-    from leaml.evaluate.stage import EvalConfig, ModelUnderTest, evaluate_model, load_split
+    from leaml.evaluate.inference import SCHEDULING
+    from leaml.evaluate.stage import ModelUnderTest, evaluate_model, load_split, stream_dir
 
     out = run.eval_row(row)
 
     def go():
-        cfg = EvalConfig(data_dir=run.data, models=[ModelUnderTest(name=ROW_TITLES[row], uri=row_model(run, row))],
-                         out_dir=run.eval_dir, inference=run.cfg.evaluation, limit=run.cfg.eval_limit)
-        result = evaluate_model(load_split(run.data, "test", cfg.limit), cfg.models[0], cfg)
+        model = ModelUnderTest(name=ROW_TITLES[row], uri=row_model(run, row))
+        result = evaluate_model(load_split(run.data, "test", run.cfg.eval_limit), model, run.data, run.eval_dir,
+                                run.cfg.evaluation, engine=run.cfg.engine)
         storage.write_text(out, json.dumps(result | {"row": row}, indent=2))
         print(f"[eval] {ROW_TITLES[row]}: average {100 * result['scores']['mean_of_categories']:.1f}%", flush=True)
 
     model_stage = {"zero_shot_student": "base student", "zero_shot_teacher": "base teacher"}.get(row, f"vqa {row}")
-    config = {"evaluation": _scheduling_free(run.cfg.evaluation, "engine", "num_actors", "actor_cpus",
-                                             "torch_threads", "actor_gpus"), "eval_limit": run.cfg.eval_limit}
+    # the section held a ray_address (which the pipeline's own always overrode) until #16; kept as
+    # it was so that rows evaluated before stay done
+    settings = _scheduling_free(run.cfg.evaluation, *SCHEDULING) | {"ray_address": None}
+    config = {"evaluation": settings, "eval_limit": run.cfg.eval_limit}
     return Stage(f"evaluate {row}", out, go, config=config,
                  inputs=lambda: {"model": row_model(run, row), "test": _data_file(run, "test.jsonl")},
-                 after=_world_after(run) + (model_stage,), outputs=(out,), format=FORMATS["evaluate"])
+                 after=_world_after(run) + (model_stage,),
+                 outputs=(out, stream_dir(run.eval_dir, ROW_TITLES[row])), format=FORMATS["evaluate"])
 
 
 def plan(run: Run) -> list[Stage]:
@@ -429,24 +432,26 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, report: boo
     write the report when every row is evaluated; returns the report paths (empty if none)."""
     from leaml.jobs import init_ray
     from leaml.jobs import announce
+    from leaml.pipeline.lock import run_lock
     from leaml.plan import check_fits
 
     run = Run(cfg)
     stages = select_stages(plan(run), only)  # before Ray starts: a typo fails in a second
     check_fits(cfg)  # with resources.gpu_memory_gb set: a stage that cannot fit stops the run here
-    announce("run", run.dir)
-    storage.write_text(run.path("config.yaml"), dump_config(cfg))
-    if cfg.engine == "ray":
-        init_ray(cfg.ray_address)
-    t0 = time.perf_counter()
-    for stage in stages:
-        run_stage(stage)
-    if not report or not all(storage.exists(run.eval_row(r)) for r in cfg.rows):
-        return {}
-    paths = write_run_report(run, time.perf_counter() - t0)
-    print(storage.read_text(paths["md"]), flush=True)
-    announce("report", paths["md"])
-    return paths
+    with run_lock(run.dir):  # one driver per run dir: a second one is refused, naming this one
+        announce("run", run.dir)
+        storage.write_text(run.path("config.yaml"), dump_config(cfg))
+        if cfg.engine == "ray":
+            init_ray(cfg.ray_address)
+        t0 = time.perf_counter()
+        for stage in stages:
+            run_stage(stage)
+        if not report or not all(storage.exists(run.eval_row(r)) for r in cfg.rows):
+            return {}
+        paths = write_run_report(run, time.perf_counter() - t0)
+        print(storage.read_text(paths["md"]), flush=True)
+        announce("report", paths["md"])
+        return paths
 
 
 def select_stages(stages: list[Stage], only: list[str] | None) -> list[Stage]:

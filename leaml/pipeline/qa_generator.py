@@ -8,25 +8,28 @@
   options, the answer is one of them, the options are the known option set of a template seen in
   the labeled data when ``known_templates`` is given), dedupe per item, filter. Every candidate is
   kept in the artifact with ``kept`` and, when dropped, ``reason``.
-- :class:`QARequester`: the Ray Data side (decode media, call the deployment, judge).
+- :class:`QARequester`: the stream's side (a :class:`leaml.streaming.MediaUDF`: decode media, call
+  the model target, judge).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from leaml.config import StrictModel
 from leaml.records import MediaRef, QAParseError, VQAExample, format_qa_target, parse_qa_target
+from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings, call_isolating
 
 APP_NAME = "leaml-qa-generator"
 DEPLOYMENT_NAME = "QAGenerator"
 
 
-class QAGenConfig(StrictModel):
+class QAGenConfig(ReplicaSettings):
+    """The QA generator's sampling and filter; its replica settings are
+    :class:`~leaml.streaming.ReplicaSettings`."""
+
     model: str = ""
     """The trained QA generator checkpoint."""
     n: int = Field(4, ge=1)
@@ -59,10 +62,6 @@ class QAGenConfig(StrictModel):
     generator's most likely option for its question; threshold: when that option's probability
     is at least ``min_prob``."""
     min_prob: float = Field(0.5, ge=0, le=1)
-    num_replicas: int | Literal["auto"] = 1
-    autoscaling: dict = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
-    replica_cpus: float = Field(1.0, gt=0)
-    replica_gpus: float = Field(0.0, ge=0)
     device: str = "auto"
     """Where the model runs (``auto``: the replica's GPU if it has one)."""
 
@@ -241,81 +240,49 @@ def build_qa_generator_app(args: dict):
     """Serve builder (``import_path: leaml.pipeline.qa_generator:build_qa_generator_app``)."""
     from ray import serve
 
-    from leaml.pipeline.captioner import deployment_options
-
     cfg = QAGenConfig.model_validate(args)
-    opts = deployment_options(cfg)
-    return serve.deployment(QAGenerator, name=DEPLOYMENT_NAME, **opts).bind(cfg.model_dump())
+    return serve.deployment(QAGenerator, name=DEPLOYMENT_NAME, **cfg.deployment_options()).bind(cfg.model_dump())
 
 
-class QARequester:
-    """Ray Data UDF: media rows -> judged candidate rows (JSON), or an error per item that does not
-    decode or that the model refuses (isolated by ``streaming.call_isolating``; the rest are kept)."""
+class QARequester(MediaUDF):
+    """Stream UDF: media rows -> judged candidate rows, or an error per item that does not decode
+    or that the model refuses (isolated by ``streaming.call_isolating``; the rest are kept).
+    ``target``: ``{"serve": {"app", "deployment"}}``, or ``{"local": {}}`` for :class:`QAGenerator`
+    of ``cfg`` in this process."""
 
     def __init__(self, target: dict, cfg: dict, known_templates: dict[str, list[str]] | None = None,
                  retry: dict | None = None):
-        from leaml.pipeline.streaming import RetrySettings
-
         self.cfg = QAGenConfig.model_validate(cfg)
         self.known = known_templates
-        self.retry = RetrySettings.model_validate(retry or {})
         if self.cfg.decoding == "constrained" and not known_templates:
             raise ValueError("qagen.decoding=constrained samples among the labeled data's questions: "
                              "known_templates is required (use decoding=free without them)")
-        if "serve" in target:
-            from ray import serve
+        super().__init__(target, self.cfg.num_frames, retry)
 
-            self.handle = serve.get_deployment_handle(target["serve"]["deployment"], app_name=target["serve"]["app"])
-            self.local = None
-        else:
-            self.handle, self.local = None, QAGenerator(cfg)
+    def build_local(self, cfg: dict) -> QAGenerator:
+        return QAGenerator(self.cfg.model_dump())
 
-    def _call(self, method: str, *args):
-        if self.local is not None:
-            return getattr(self.local, method)(*args)
-        return getattr(self.handle, method).remote(*args).result()
+    def process(self, refs: list[MediaRef], media: list[list], rows: list[dict]) -> list:
+        sampled = self.isolating(lambda idx: self._sample([media[j] for j in idx], [refs[j] for j in idx]),
+                                 len(refs))
+        return [self._judge(ref, frames, got) for ref, frames, got in zip(refs, media, sampled)]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from leaml.media import load_media
-
-        n = len(batch["item_id"])
-        records, errors = [""] * n, [""] * n
-        refs, media, ok = [], [], []
-        for i in range(n):
-            ref = MediaRef(id=str(batch["item_id"][i]), uri=str(batch["uri"][i]), kind=str(batch["kind"][i]))
-            try:
-                media.append(load_media(ref, num_frames=self.cfg.num_frames, root=str(batch["media_root"][i]) or None))
-                refs.append(ref)
-                ok.append(i)
-            except Exception as e:  # noqa: BLE001 - unreadable media go to the errors file
-                errors[i] = f"{type(e).__name__}: {e}"
-        if ok:
-            from leaml.pipeline.streaming import call_isolating
-
-            sampled = call_isolating(lambda idx: self._sample([media[j] for j in idx], [refs[j] for j in idx]),
-                                     list(range(len(ok))), self.retry)
-            for i, ref, frames, got in zip(ok, refs, media, sampled):
-                records[i], errors[i] = self._judge(ref, frames, got)
-        return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
-
-    def _judge(self, ref: MediaRef, frames: list, sampled) -> tuple[str, str]:
-        """(records JSON, "") of one item, or ("", reason) when the model refused it."""
-        from leaml.pipeline.streaming import ItemFailure, call_isolating
-
+    def _judge(self, ref: MediaRef, frames: list, sampled) -> list[dict] | ItemFailure:
+        """One item's judged candidate rows, or why the model refused it."""
         if isinstance(sampled, ItemFailure):
-            return "", sampled.reason
+            return sampled
         cands, probs = sampled
         rows = judge_candidates(ref, cands, self.known, self.cfg.model)
         # the filter's option scores are one more model call on this item alone
         (scored,) = call_isolating(lambda _: [self._filter(rows, frames, probs)], [ref], self.retry)
-        return ("", scored.reason) if isinstance(scored, ItemFailure) else (json.dumps(rows), "")
+        return scored if isinstance(scored, ItemFailure) else rows
 
     def _sample(self, media: list[list], refs: list[MediaRef]) -> list[tuple[list[str], dict | None]]:
         """(candidate texts, option probabilities per question when the sampler already has them)."""
         ids = [r.id for r in refs]
         if self.cfg.decoding == "free":
-            return [(texts, None) for texts in self._call("sample", media, ids, self.known)]
-        out = self._call("sample_constrained", media, ids, self.known)
+            return [(texts, None) for texts in self.target.call("sample", media, ids, self.known)]
+        out = self.target.call("sample_constrained", media, ids, self.known)
         return [(o["texts"], o["option_probs"]) for o in out]
 
     def _filter(self, rows: list[dict], frames: list, known_probs: dict[str, list[float]] | None) -> None:
@@ -325,6 +292,6 @@ class QARequester:
         if known_probs is not None:
             probs = [known_probs[e["question"]] for e in kept]
         else:
-            probs = self._call("option_probs", [frames] * len(kept), [e["question"] for e in kept],
-                               [e["options"] for e in kept])
+            probs = self.target.call("option_probs", [frames] * len(kept), [e["question"] for e in kept],
+                                     [e["options"] for e in kept])
         apply_filter(rows, probs, self.cfg)

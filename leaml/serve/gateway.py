@@ -1,12 +1,14 @@
-"""The VQA service as two deployments, so that a dead model replica is a 503, not a 500:
-HTTP request -> :class:`VQAGateway` (auth, parsing, decoding, limits) -> handle -> :class:`VQAModel`.
+"""The VQA service as shipped (``serve_configs/vqa.yaml``): two deployments, so that a dead model
+replica is a 503, not a 500:
+HTTP request -> :class:`VQAGateway` (auth, parsing, decoding, limits) -> handle ->
+:class:`~leaml.serve.vqa_deployment.VQAModel`.
 
-With one deployment (:class:`~leaml.serve.vqa_deployment.VQAService`) the HTTP app lives in the
-model's process: a replica that is SIGKILLed (OOM killer, a node lost, a CUDA crash) takes its
-requests in flight with it, and Serve's proxy answers each with a plain-text ``500 Internal Server
-Error`` that no client can tell from a bug (``benchmarks/serve_load.py --topology single``).
-Here the same app (:func:`~leaml.serve.vqa_app.create_app`) runs in a gateway replica that holds no
-model and calls model replicas through a deployment handle (:class:`RemotePredictor`):
+With the HTTP app in the model's process (one deployment, ``benchmarks/serve_load.py --topology
+single``), a replica that is SIGKILLed (OOM killer, a node lost, a CUDA crash) takes its requests
+in flight with it, and Serve's proxy answers each with a plain-text ``500 Internal Server Error``
+that no client can tell from a bug. Here the app (:func:`~leaml.serve.vqa_app.create_app`) runs in
+a gateway replica that holds no model and calls model replicas through a deployment handle
+(:class:`RemotePredictor`):
 
 - a model replica dies mid-request: the request is answered 503 ``model_unavailable`` with
   ``Retry-After``; Serve replaces the replica, and requests that arrive meanwhile wait in the
@@ -14,10 +16,10 @@ model and calls model replicas through a deployment handle (:class:`RemotePredic
 - bad input, a missing key and ``/healthz`` are still answered by the gateway while no model
   replica is up: they never reach, nor wait for, a model.
 
-What it costs: one more process (the gateway imports the model layer for its processor limits, so
-it holds torch but no weights), and decoded frames cross the object store to the model replica.
-The gateway replica itself can still die; it is small and restarts in seconds, but its requests in
-flight then get the proxy's 500 as before.
+What it costs: one more process, light (it imports the processor limits, not torch: see
+``leaml.models``), and decoded frames cross the object store to the model replica. The gateway
+replica itself can still die; it is small and restarts in seconds, but its requests in flight then
+get the proxy's 500 as before (with two gateway replicas up, the other keeps serving).
 """
 from __future__ import annotations
 
@@ -28,11 +30,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from leaml.serve.vqa_app import ModelCard, Prediction, PredictorUnavailable, Query, create_app
-from leaml.serve.vqa_deployment import BatchedPredictor, ServeArgs, VQAPredictor, log_through_serve
+from leaml.serve.vqa_deployment import MODEL_NAME, ServeArgs, VQAModel, log_through_serve
 
 log = logging.getLogger("leaml.serve.vqa")
 GATEWAY_NAME = "VQAGateway"
-MODEL_NAME = "VQAModel"
 
 
 class GatewaySettings(BaseModel):
@@ -48,38 +49,14 @@ class GatewaySettings(BaseModel):
 
 
 class GatewayArgs(ServeArgs):
-    """``args`` of :func:`build_app`: the model's :class:`~leaml.serve.vqa_deployment.ServeArgs`
-    plus the gateway's settings."""
+    """``args`` of :func:`build_app` (``serve_configs/vqa.yaml``): the model's
+    :class:`~leaml.serve.vqa_deployment.ServeArgs` plus the gateway's settings."""
 
     gateway: GatewaySettings = GatewaySettings()
     """Model timeout and Retry-After."""
 
     def model_args(self) -> dict:
         return self.model_dump(mode="json", exclude={"gateway"})
-
-
-class VQAModel:
-    """One model replica: the predictor behind handle methods (Ray decorators: :func:`gateway_application`)."""
-
-    def __init__(self, args: dict):
-        log_through_serve()
-        self.args = ServeArgs.model_validate(args)
-        self.predictor = VQAPredictor.load(self.args)
-        b = self.args.batching
-        self._answer = (BatchedPredictor(self.predictor, b.max_batch_size, b.batch_wait_timeout_s)
-                        if b.enabled else self.predictor)
-
-    def card(self) -> ModelCard:
-        return self.predictor.card
-
-    async def predict(self, query: Query) -> Prediction:
-        """A prediction, or the predictor's ``ModelInputError`` (it crosses the handle intact)."""
-        return await self._answer.predict(query)
-
-    def check_health(self) -> None:
-        """Serve's periodic health check: a replica whose model is gone is restarted."""
-        if not self.predictor.is_ready():
-            raise RuntimeError("VQA model not loaded")
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -132,7 +109,7 @@ class VQAGateway:
         return create_app(self.args.service_settings(), predictor, metrics=build_metrics())
 
 
-def gateway_application(args: GatewayArgs, model_options: dict | None = None, gateway_options: dict | None = None):
+def vqa_application(args: GatewayArgs, model_options: dict | None = None, gateway_options: dict | None = None):
     """The Serve application for ``args``; each ``*_options`` as in ``serve.deployment``
     (``ray_actor_options``, ``max_ongoing_requests``, ``autoscaling_config``, ...)."""
     from ray import serve
@@ -147,9 +124,11 @@ def gateway_application(args: GatewayArgs, model_options: dict | None = None, ga
 
 
 def build_app(args: dict):
-    """``import_path`` target (``leaml.serve.gateway:build_app``): validates ``args`` -> Application.
-    Resources per deployment come from the config's ``deployments:`` (``VQAGateway``, ``VQAModel``)."""
+    """The ``import_path`` target of ``serve_configs/vqa.yaml`` (``leaml.serve.gateway:build_app``):
+    validates ``args`` (a typo'd key is an error naming it) -> Application. Resources and
+    autoscaling per deployment come from the config's ``deployments:`` (``VQAGateway``,
+    ``VQAModel``), which Serve applies on top of the defaults set here."""
     parsed = GatewayArgs.model_validate(args)
     if Path(parsed.checkpoint).exists():  # a relative dir means "from where serve run started"
         parsed = parsed.model_copy(update={"checkpoint": str(Path(parsed.checkpoint).resolve())})
-    return gateway_application(parsed)
+    return vqa_application(parsed)

@@ -1,4 +1,4 @@
-"""The VQA model on Ray Serve: builder args -> checkpoint -> predictor -> FastAPI ingress deployment.
+"""The VQA model on Ray Serve: checkpoint -> predictor -> :class:`VQAModel` replicas behind the gateway.
 
 - :class:`VQAPredictor` (plain class, no Ray): a model + processor behind the
   :class:`~leaml.serve.vqa_app.Predictor` protocol. ``predict_batch`` answers a list of queries
@@ -11,11 +11,11 @@
 - :class:`BatchedPredictor`: the same interface with ``@serve.batch`` dynamic batching, so
   concurrent requests on a replica share forward passes. Built inside the replica (``serve.batch``
   needs a replica context), from the batch size and wait time in the builder's args.
-- :class:`VQAService` (plain class): loads the predictor and hands Serve the app of
-  :func:`~leaml.serve.vqa_app.create_app` through ``__serve_build_asgi_app__``.
-- :func:`build_app`: the ``import_path`` target of ``serve_configs/vqa.yaml``; validates its
-  ``args`` with :class:`ServeArgs` and applies ``serve.ingress`` / ``serve.deployment`` itself, so
-  this module imports and unit-tests without a cluster.
+- :class:`VQAModel` (plain class): one model replica, the predictor behind handle methods
+  (``card``, ``predict``) and Serve's health check. Its HTTP front is
+  :class:`~leaml.serve.gateway.VQAGateway`, and the one Serve application (the ``import_path``
+  of ``serve_configs/vqa.yaml``) is :func:`leaml.serve.gateway.build_app`, which applies the Ray
+  decorators, so this module imports and unit-tests without a cluster.
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from leaml.serve.auth import ApiKeySource
-from leaml.serve.vqa_app import ModelCard, Prediction, Query, ServiceLimits, ServiceSettings, create_app
+from leaml.serve.vqa_app import ModelCard, Prediction, Query, ServiceLimits, ServiceSettings
 
 log = logging.getLogger("leaml.serve.vqa")
-DEPLOYMENT_NAME = "VQAService"
+MODEL_NAME = "VQAModel"
 
 
 class BatchingArgs(BaseModel):
@@ -50,7 +50,8 @@ class BatchingArgs(BaseModel):
 
 
 class ServeArgs(BaseModel):
-    """``args`` of the ``build_app`` builder (``serve_configs/vqa.yaml``)."""
+    """What a :class:`VQAModel` replica is built from: the model part of the ``args`` of
+    :func:`leaml.serve.gateway.build_app` (``serve_configs/vqa.yaml``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -261,47 +262,26 @@ def log_through_serve() -> None:
             ours.addHandler(handler)
 
 
-class VQAService:
-    """One replica: the model and its HTTP app. Ray decorators are applied by :func:`build_app`."""
+class VQAModel:
+    """One model replica: the predictor behind handle methods. Ray decorators are applied by
+    :func:`leaml.serve.gateway.vqa_application`; the HTTP app runs in the gateway."""
 
     def __init__(self, args: dict):
         log_through_serve()
         self.args = ServeArgs.model_validate(args)
-        self.settings = self.args.service_settings()
         self.predictor = VQAPredictor.load(self.args)
-
-    def __serve_build_asgi_app__(self):
-        from leaml.serve.metrics import build_metrics
-
         b = self.args.batching
-        predictor = (
-            BatchedPredictor(self.predictor, b.max_batch_size, b.batch_wait_timeout_s) if b.enabled else self.predictor
-        )
-        return create_app(self.settings, predictor, metrics=build_metrics())
+        self.answerer = (BatchedPredictor(self.predictor, b.max_batch_size, b.batch_wait_timeout_s)
+                         if b.enabled else self.predictor)
+
+    def card(self) -> ModelCard:
+        return self.predictor.card
+
+    async def predict(self, query: Query) -> Prediction:
+        """A prediction, or the predictor's ``ModelInputError`` (it crosses the handle intact)."""
+        return await self.answerer.predict(query)
 
     def check_health(self) -> None:
         """Serve's periodic health check: a replica whose model is gone is restarted."""
         if not self.predictor.is_ready():
             raise RuntimeError("VQA model not loaded")
-
-
-def vqa_application(args: ServeArgs, **deployment_options):
-    """The Serve application for ``args``; ``deployment_options`` as in ``serve.deployment``
-    (``ray_actor_options``, ``max_ongoing_requests``, ``autoscaling_config``, ...)."""
-    from ray import serve
-
-    options = {"max_ongoing_requests": max(32, 2 * args.batching.max_batch_size), **deployment_options}
-    deployment = serve.deployment(serve.ingress()(VQAService), name=DEPLOYMENT_NAME, **options)
-    return deployment.bind(args.model_dump(mode="json"))
-
-
-def build_app(args: dict):
-    """``import_path`` target: validates ``args`` (a typo'd key is an error naming it) -> Application.
-
-    Deployment resources and autoscaling come from the config's ``deployments:`` section, which
-    Serve applies on top of the defaults set here.
-    """
-    parsed = ServeArgs.model_validate(args)
-    if Path(parsed.checkpoint).exists():  # a relative dir means "from where serve run started"
-        parsed = parsed.model_copy(update={"checkpoint": str(Path(parsed.checkpoint).resolve())})
-    return vqa_application(parsed)

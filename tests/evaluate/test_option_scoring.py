@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from leaml.config import load_config
-from leaml.evaluate.inference import InferenceConfig, VQAPredictor, run_inference
+from leaml.evaluate.inference import InferenceSettings, VQAAnswerer, run_inference
 from leaml.pipeline.config import PipelineConfig
 from leaml.pipeline.graph import Run, gap_note
 from leaml.records import VQAExample, load_records
@@ -19,8 +19,8 @@ def test_options_scoring_answers_with_the_most_likely_option(tiny_world, tiny_ba
     examples = load_records(f"{tiny_world}/test.jsonl", VQAExample)[:6]
     assert all(len(ex.options) >= 2 for ex in examples)
     answers = run_inference(examples, tiny_base, tiny_world,
-                            InferenceConfig(engine="local", batch_size=4, scoring="options"))
-    predictor = VQAPredictor(tiny_base, tiny_world)
+                            InferenceSettings(batch_size=4, scoring="options"), engine="local")
+    predictor = VQAAnswerer({"model": tiny_base})
     media = [load_media(ex.media, root=tiny_world) for ex in examples]
     probs = score_options(predictor.model, predictor.processor, media,
                           [vqa_prompt(ex.question, ex.options) for ex in examples], [ex.options for ex in examples])
@@ -30,9 +30,10 @@ def test_options_scoring_answers_with_the_most_likely_option(tiny_world, tiny_ba
 def test_a_question_without_options_is_generated(tiny_world, tiny_base):
     ex = load_records(f"{tiny_world}/test.jsonl", VQAExample)[0]
     open_ended = ex.model_copy(update={"options": []})
-    cfg = dict(engine="local", max_new_tokens=6)
-    scored = run_inference([open_ended, ex], tiny_base, tiny_world, InferenceConfig(**cfg, scoring="options"))
-    generated = run_inference([open_ended], tiny_base, tiny_world, InferenceConfig(**cfg))
+    cfg = dict(max_new_tokens=6)
+    scored = run_inference([open_ended, ex], tiny_base, tiny_world, InferenceSettings(**cfg, scoring="options"),
+                           engine="local")
+    generated = run_inference([open_ended], tiny_base, tiny_world, InferenceSettings(**cfg), engine="local")
     assert scored[0] == generated[0] and scored[1] in ex.options
 
 

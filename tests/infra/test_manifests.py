@@ -236,6 +236,8 @@ def test_pipeline_cluster_holds_every_stage_of_the_preset(name):
 
 
 def test_rayservice_cluster_holds_every_deployment_at_max_replicas():
+    from leaml.serve.vqa_deployment import MODEL_NAME
+
     svc = manifest("rayservice-vqa.yaml")
     serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
     bundles = []
@@ -244,8 +246,11 @@ def test_rayservice_cluster_holds_every_deployment_at_max_replicas():
             opts = dep.get("ray_actor_options", {})
             n = dep.get("autoscaling_config", {}).get("max_replicas", dep.get("num_replicas", 1))
             bundles += [{"CPU": float(opts.get("num_cpus", 1)), "GPU": float(opts.get("num_gpus", 0))}] * n
-            device = app["args"].get("device", "cpu")
-            assert (device != "cpu") == (opts.get("num_gpus", 0) > 0), "device and num_gpus must agree"
+            if dep["name"] == MODEL_NAME:  # the replica that holds the model runs it on args.device
+                device = app["args"].get("device", "cpu")
+                assert (device != "cpu") == (opts.get("num_gpus", 0) > 0), "device and num_gpus must agree"
+            else:
+                assert opts.get("num_gpus", 0) == 0, f"{dep['name']} holds no model: it needs no GPU"
     assert bundles
     assert fits(bundles, cluster_nodes(svc["spec"]["rayClusterConfig"]))
 

@@ -37,7 +37,7 @@ QWEN25_VL_3B = dict(
 )
 # Args model of each Serve builder a shipped serve config may name.
 SERVE_BUILDER_ARGS = {
-    "leaml.serve.vqa_deployment:build_app": "leaml.serve.vqa_deployment:ServeArgs",
+    "leaml.serve.gateway:build_app": "leaml.serve.gateway:GatewayArgs",
     "leaml.pipeline.captioner:build_captioner_app": "leaml.pipeline.captioner:CaptionerConfig",
     "leaml.pipeline.qa_generator:build_qa_generator_app": "leaml.pipeline.qa_generator:QAGenConfig",
 }

@@ -26,7 +26,7 @@ from leaml.pipeline.graph import Run, plan, run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_QUICK = REPO / "ray_jobs" / "configs" / "demo_quick.yaml"
-LOCAL = ["engine=local", "evaluation.engine=local", "stream.engine=local"]
+LOCAL = ["engine=local"]
 STAGE_LINE = re.compile(r"^\[stage\] (.+?): (starting|done already, skipping)$", re.MULTILINE)
 
 

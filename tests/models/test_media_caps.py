@@ -100,15 +100,15 @@ def test_vllm_requests_send_a_clip_as_one_video_and_an_image_as_an_image():
 
 
 def test_a_tensor_parallel_vllm_replica_leaves_its_gpus_to_the_engine_workers():
-    from leaml.pipeline.captioner import CaptionerConfig, deployment_options
+    from leaml.pipeline.captioner import CaptionerConfig
 
     cfg = CaptionerConfig(backend="vllm", tensor_parallel_size=4, replica_gpus=4, replica_cpus=8)
-    opts = deployment_options(cfg)
+    opts = cfg.deployment_options()
     assert opts["ray_actor_options"] == {"num_cpus": 8, "num_gpus": 0}
     assert opts["placement_group_bundles"] == [{"CPU": 8}] + [{"GPU": 1}] * 4
     assert opts["placement_group_strategy"] == "STRICT_PACK"
     # one GPU, or the transformers backend: the replica owns its GPU as before
     for other in (cfg.model_copy(update={"tensor_parallel_size": 1, "replica_gpus": 1}),
                   CaptionerConfig(backend="transformers", replica_gpus=1)):
-        assert deployment_options(other)["ray_actor_options"]["num_gpus"] == 1
-        assert "placement_group_bundles" not in deployment_options(other)
+        assert other.deployment_options()["ray_actor_options"]["num_gpus"] == 1
+        assert "placement_group_bundles" not in other.deployment_options()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from leaml.pipeline import captioner
-from leaml.pipeline.streaming import StreamConfig, read_errors, read_shards, run_sharded
+from leaml.streaming import StreamConfig, read_errors, read_shards, run_sharded
 from leaml.records import MediaRef, load_records
 from leaml.train.loop import kill_self_once
 
@@ -79,16 +79,16 @@ def _stage(serve, cfg, items, out: Path, replica_marker: Path, actor_marker: Pat
     """One caption stage; the replica dies on its 3rd request unless ``replica_marker`` exists, the
     Ray Data actor on its 2nd batch unless ``actor_marker`` exists."""
     app = serve.deployment(KillOnceCaptioner, name=captioner.DEPLOYMENT_NAME,
-                           **captioner.deployment_options(cfg)).bind(cfg.model_dump(), str(replica_marker), 3)
+                           **cfg.deployment_options()).bind(cfg.model_dump(), str(replica_marker), 3)
     serve.run(app, name=captioner.APP_NAME, route_prefix=None)
     target = {"serve": {"app": captioner.APP_NAME, "deployment": captioner.DEPLOYMENT_NAME}}
-    stream = StreamConfig(engine="ray", batch_size=4, shard_size=4, actor_cpus=0.25,
+    stream = StreamConfig(batch_size=4, shard_size=4, actor_cpus=0.25,
                           retry={"attempts": 10, "backoff_s": 1.0, "max_backoff_s": 10.0})
     kwargs = {"target": target, "num_frames": 1, "retry": stream.retry.model_dump(),
               "marker": str(actor_marker), "at": 2}
     t0 = time.perf_counter()
     try:
-        counts = run_sharded(items, KillOnceRequester, kwargs, str(out), "caption", stream)
+        counts = run_sharded(items, KillOnceRequester, kwargs, str(out), "caption", stream, engine="ray")
     finally:
         serve.delete(captioner.APP_NAME)
     return counts, time.perf_counter() - t0

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from leaml.pipeline import captioner, qa_generator
-from leaml.pipeline.streaming import StreamConfig, read_errors, read_shards, run_sharded
+from leaml.streaming import StreamConfig, read_errors, read_shards, run_sharded
 from leaml.records import MediaRef, load_records
 
 pytestmark = pytest.mark.ray
@@ -34,7 +34,7 @@ def media_items(tiny_world, tmp_path_factory):
     return rows
 
 
-STREAM = StreamConfig(engine="ray", batch_size=4, shard_size=4, actor_cpus=0.25)
+STREAM = StreamConfig(batch_size=4, shard_size=4, actor_cpus=0.25)
 
 
 def test_captioner_deployment_streams_and_is_deterministic(serve_local, tiny_base, media_items, tmp_path):
@@ -46,7 +46,7 @@ def test_captioner_deployment_streams_and_is_deterministic(serve_local, tiny_bas
     outs = []
     for attempt in ("a", "b"):
         counts = run_sharded(media_items, captioner.CaptionRequester, {"target": target, "num_frames": 1},
-                             str(tmp_path / attempt), "caption", STREAM)
+                             str(tmp_path / attempt), "caption", STREAM, engine="ray")
         assert counts == {"inputs": 7, "errors": 1, "records": 6}
         outs.append({r["media_id"]: r["text"] for r in read_shards(str(tmp_path / attempt))})
     serve.delete(captioner.APP_NAME)
@@ -61,12 +61,12 @@ def test_qa_generator_deployment_keeps_provenance(serve_local, tiny_base, media_
     serve.run(qa_generator.build_qa_generator_app(cfg.model_dump()), name=qa_generator.APP_NAME, route_prefix=None)
     target = {"serve": {"app": qa_generator.APP_NAME, "deployment": qa_generator.DEPLOYMENT_NAME}}
     counts = run_sharded(media_items, qa_generator.QARequester, {"target": target, "cfg": cfg.model_dump()},
-                         str(tmp_path / "free"), "pseudo-qa", STREAM)
+                         str(tmp_path / "free"), "pseudo-qa", STREAM, engine="ray")
     # constrained decoding through the same deployment: every candidate a known question and option
     known = {"Is there text?": ["no", "yes"], "How many polyps are in the image?": ["0", "1", "2", "3"]}
     constrained = cfg.model_copy(update={"decoding": "constrained", "filter": "consistent"}).model_dump()
     run_sharded(media_items, qa_generator.QARequester, {"target": target, "cfg": constrained, "known_templates": known},
-                str(tmp_path / "constrained"), "pseudo-qa", STREAM)
+                str(tmp_path / "constrained"), "pseudo-qa", STREAM, engine="ray")
     serve.delete(qa_generator.APP_NAME)
     judged = read_shards(str(tmp_path / "constrained"))
     assert len(judged) == 6 * 2 and any(r["kept"] for r in judged)

@@ -7,8 +7,8 @@ import math
 import pytest
 from PIL import Image
 
-from leaml.pipeline.streaming import (ItemFailure, RetrySettings, StreamConfig, call_isolating, is_server_failure,
-                                      read_errors, read_shards, run_sharded)
+from leaml.streaming import (ItemFailure, RetrySettings, StreamConfig, call_isolating, is_server_failure,
+                             read_errors, read_shards, run_sharded)
 
 
 class Refuses:
@@ -74,7 +74,8 @@ def test_reports_captioner_refuses_one_item_and_the_stage_keeps_the_others(tmp_p
     for r in rows:
         Image.new("RGB", (32, 32)).save(tmp_path / r["uri"])
     counts = run_sharded(rows, CaptionRequester, {"target": {"local": {"backend": "reports"}}, "num_frames": 1},
-                         str(tmp_path / "out"), "caption", StreamConfig(engine="local", batch_size=6, shard_size=3))
+                         str(tmp_path / "out"), "caption", StreamConfig(batch_size=6, shard_size=3),
+                         engine="local")
     assert counts == {"inputs": 6, "errors": 1, "records": 5}
     [err] = read_errors(str(tmp_path / "out"))
     assert err.media_id == "m2" and err.reason.startswith("model: ValueError: the reports backend needs")
@@ -92,7 +93,7 @@ def test_a_real_processor_limit_is_an_error_row_before_the_model_runs(tmp_path, 
     rows = [{"item_id": n, "uri": f"media/{n}.png", "kind": "image", "media_root": str(tmp_path)} for n in sizes]
     target = {"local": {"model": tiny_base, "max_new_tokens": 3, "device": "cpu"}}
     counts = run_sharded(rows, CaptionRequester, {"target": target, "num_frames": 1}, str(tmp_path / "out"),
-                         "caption", StreamConfig(engine="local", batch_size=3, shard_size=3))
+                         "caption", StreamConfig(batch_size=3, shard_size=3), engine="local")
     assert counts == {"inputs": 3, "errors": 1, "records": 2}
     [err] = read_errors(str(tmp_path / "out"))
     assert err.media_id == "thin" and "ModelInputError" in err.reason and "200:1" in err.reason

@@ -31,7 +31,7 @@ def ray_local():
 @pytest.mark.timeout(1800)
 def test_sport_clips_flow_through_every_stage(ray_local, tmp_path, monkeypatch):
     from leaml.pipeline.graph import GENERATOR_ROWS, run_pipeline
-    from leaml.pipeline.streaming import read_errors
+    from leaml.streaming import read_errors
 
     monkeypatch.setenv("LEAML_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"

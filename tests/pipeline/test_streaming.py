@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from leaml.pipeline.streaming import StreamConfig, read_errors, read_shards, run_sharded, stage_counts
+from leaml.streaming import StreamConfig, read_errors, read_shards, run_sharded, stage_counts
 
 
 class EchoUDF:
@@ -33,11 +33,11 @@ def items(n, corrupt=()):
              "payload": "corrupt" if i in corrupt else "ok"} for i in range(n)]
 
 
-CFG = StreamConfig(engine="local", batch_size=4, shard_size=8)
+CFG = StreamConfig(batch_size=4, shard_size=8)
 
 
 def test_inputs_equal_outputs_plus_errors(tmp_path):
-    counts = run_sharded(items(21, corrupt={3, 17}), EchoUDF, {}, str(tmp_path), "caption", CFG)
+    counts = run_sharded(items(21, corrupt={3, 17}), EchoUDF, {}, str(tmp_path), "caption", CFG, engine="local")
     assert counts == {"inputs": 21, "errors": 2, "records": 19}
     errs = read_errors(str(tmp_path))
     assert sorted(e.media_id for e in errs) == ["m003", "m017"]
@@ -49,11 +49,11 @@ def test_crash_then_rerun_resumes_without_duplicates(tmp_path):
     EchoUDF.calls = 0
     with pytest.raises(RuntimeError, match="simulated crash"):
         # batches of 4, shards of 8: the crash in batch 6 leaves shards 0 and 1 written
-        run_sharded(items(30), EchoUDF, {"crash_after_batches": 5}, str(tmp_path), "caption", CFG)
+        run_sharded(items(30), EchoUDF, {"crash_after_batches": 5}, str(tmp_path), "caption", CFG, engine="local")
     written = sorted(p.name for p in tmp_path.glob("shard-*.jsonl"))
     assert written == ["shard-00000.jsonl", "shard-00001.jsonl"]
     EchoUDF.calls = 0
-    counts = run_sharded(items(30), EchoUDF, {}, str(tmp_path), "caption", CFG)
+    counts = run_sharded(items(30), EchoUDF, {}, str(tmp_path), "caption", CFG, engine="local")
     assert EchoUDF.calls == 4  # 14 remaining items in shards 2 and 3 -> batches of 4: 2 + 2
     ids = [r["id"] for r in read_shards(str(tmp_path))]
     assert len(ids) == len(set(ids)) == 30 and counts == {"inputs": 30, "errors": 0, "records": 30}
@@ -61,7 +61,7 @@ def test_crash_then_rerun_resumes_without_duplicates(tmp_path):
 
 def test_repeated_ids_are_refused(tmp_path):
     with pytest.raises(ValueError, match="ids repeat"):
-        run_sharded(items(3) + items(1), EchoUDF, {}, str(tmp_path), "caption", CFG)
+        run_sharded(items(3) + items(1), EchoUDF, {}, str(tmp_path), "caption", CFG, engine="local")
 
 
 def test_stage_counts_on_empty_dir(tmp_path):

@@ -77,3 +77,15 @@ def test_builder_validates_args_and_binds_the_gateway_to_the_model(tmp_path):
     assert "gateway" not in model._bound_deployment.init_args[0]  # the model replica gets ServeArgs only
     with pytest.raises(ValueError, match="model_timeout"):  # a typo'd key names itself
         GatewayArgs.model_validate({"checkpoint": "x", "gateway": {"model_timeout": 5}})
+
+
+def test_the_gateway_imports_no_torch():
+    """The gateway holds no model: importing it (as its replica does) must not load torch or
+    transformers (~300 MiB of its RSS when it did, measured with benchmarks/serve_load.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, leaml.serve.gateway, leaml.serve.vqa_app; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:] or out.stdout

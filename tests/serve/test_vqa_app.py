@@ -437,17 +437,24 @@ def test_serve_args_reject_typos_and_bad_values():
 def test_shipped_serve_config_validates():
     from ray.serve.schema import ServeDeploySchema
 
-    from leaml.serve.vqa_deployment import DEPLOYMENT_NAME, ServeArgs, build_app
+    from leaml.serve.gateway import GATEWAY_NAME, MODEL_NAME, GatewayArgs, build_app
 
     config = yaml.safe_load((REPO / "serve_configs" / "vqa.yaml").read_text())
     schema = ServeDeploySchema.model_validate(config)
     (app,) = schema.applications
-    assert app.import_path == "leaml.serve.vqa_deployment:build_app"
-    args = ServeArgs.model_validate(app.args)
-    (dep,) = app.deployments
-    assert dep.name == DEPLOYMENT_NAME
-    assert dep.max_ongoing_requests >= args.batching.max_batch_size
-    assert build_app(app.args) is not None  # binds without a cluster
+    assert app.import_path == "leaml.serve.gateway:build_app"  # the gateway split is the shipped setup
+    args = GatewayArgs.model_validate(app.args)
+    deps = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    assert set(deps) == {GATEWAY_NAME, MODEL_NAME}  # a config entry naming no deployment fails the deploy
+    gateway, model = deps[GATEWAY_NAME], deps[MODEL_NAME]
+    assert model["max_ongoing_requests"] >= args.batching.max_batch_size  # or batches never fill
+    # every request waiting for a model waits in a gateway: they hold at least what the models run
+    assert (gateway["max_ongoing_requests"] * gateway["autoscaling_config"]["max_replicas"]
+            >= model["max_ongoing_requests"] * model["autoscaling_config"]["max_replicas"])
+    assert gateway["max_ongoing_requests"] >= 64 and gateway["ray_actor_options"]["num_cpus"] <= 0.5
+    assert gateway["ray_actor_options"].get("num_gpus", 0) == 0  # the gateway holds no model
+    bound = build_app(app.args)._bound_deployment  # binds without a cluster
+    assert bound.name == GATEWAY_NAME and bound.init_args[1]._bound_deployment.name == MODEL_NAME
 
 
 def test_a_failing_query_does_not_fail_its_batch_neighbours():

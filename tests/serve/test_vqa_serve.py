@@ -1,6 +1,8 @@
-"""The VQA service on a local Ray Serve: the builder's application, a tiny saved model, real HTTP on
-127.0.0.1. Checks the app behaves the same behind Serve's proxy, and that concurrent requests are
-batched into shared forward passes."""
+"""The VQA service on a local Ray Serve, deployed from the shipped serve_configs/vqa.yaml the way
+``serve run`` does (the config handed to the controller, which imports the builder and applies the
+``deployments:`` entries by name), with a tiny saved model, test keys and fractions of a CPU; real
+HTTP on 127.0.0.1 through the gateway to the model replica. Checks the app behaves the same behind
+Serve's proxy, and that concurrent requests are batched into shared forward passes."""
 from __future__ import annotations
 
 import os
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from leaml.serve.client import VQAClient, VQAClientError
 from tests.serve.conftest import KEY, jpeg_bytes, png_bytes
@@ -24,31 +27,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def shipped_config(port: int, checkpoint: str, keys_file: Path) -> dict:
+    """serve_configs/vqa.yaml with what a test machine changes: port, checkpoint, keys, CPUs."""
+    config = yaml.safe_load((REPO / "serve_configs" / "vqa.yaml").read_text())
+    config["http_options"]["port"] = port
+    (app,) = config["applications"]
+    app["args"].update({"checkpoint": checkpoint, "max_new_tokens": 4, "api_keys": {"file": str(keys_file)}})
+    app["args"]["limits"]["video_frames"] = 2
+    app["args"]["batching"].update({"max_batch_size": 8, "batch_wait_timeout_s": 0.2})
+    for dep in app["deployments"]:  # 2 CPUs here: one replica each, a quarter CPU each
+        dep["autoscaling_config"].update({"min_replicas": 1, "initial_replicas": 1, "max_replicas": 1})
+        dep["ray_actor_options"]["num_cpus"] = 0.25
+    return config
+
+
 @pytest.fixture(scope="module")
 def ray_session(tiny_checkpoint, tmp_path_factory):
     """A running Serve app; yields (base URL, Ray session dir)."""
     import ray
     from ray import serve
-
-    from leaml.serve.vqa_deployment import ServeArgs, vqa_application
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
 
     secret = tmp_path_factory.mktemp("secret") / "api-keys"
     secret.write_text(f"# test keys\n{KEY}\n")
-    args = ServeArgs.model_validate({
-        "checkpoint": tiny_checkpoint, "max_new_tokens": 4,
-        "api_keys": {"file": str(secret)},
-        "limits": {"video_frames": 2},
-        "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2},
-    })
+    port = _free_port()
+    config = ServeDeploySchema.model_validate(shipped_config(port, tiny_checkpoint, secret))
     # Workers import leaml from this checkout (it need not be pip-installed).
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-    port = _free_port()
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        # serve.run returns once the replica is healthy: the model is loaded and warmed up.
-        serve.run(vqa_application(args, ray_actor_options={"num_cpus": 0.25}), name="vqa", route_prefix="/")
+        serve.start(http_options=config.http_options.model_dump())
+        # What `serve run serve_configs/vqa.yaml` does with a config file; blocking returns once the
+        # app is RUNNING: the model replica loaded and warmed up, the gateway holds its card.
+        _get_global_client().deploy_apps(config, _blocking=True)
         yield f"http://127.0.0.1:{port}", Path(ctx.address_info["session_dir"])
     finally:
         serve.shutdown()

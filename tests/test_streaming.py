@@ -1,0 +1,123 @@
+"""The one media stream: the UDF base (decode, error rows, isolation), model targets, shard resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leaml.streaming import (SERVING_KNOBS, FakeTarget, ItemFailure, LocalTarget, MediaUDF, ModelTarget,
+                             ReplicaSettings, StreamConfig, connect_target, read_errors, read_shards, run_sharded)
+
+
+class Sizes:
+    """A local 'model': describes each item by its first frame's size, times ``scale``."""
+
+    def __init__(self, scale: int = 1):
+        self.scale = scale
+
+    def describe(self, media: list[list]) -> list[str]:
+        return [f"{frames[0].size[0] * self.scale}x{frames[0].size[1] * self.scale}" for frames in media]
+
+
+class Describe(MediaUDF):
+    """A stream UDF: one record per item, the target's ``describe`` of its media."""
+
+    batches = 0
+
+    def build_local(self, cfg: dict) -> Sizes:
+        return Sizes(**cfg)
+
+    def process(self, refs, media, rows):
+        Describe.batches += 1
+        got = self.isolating(lambda idx: self.target.call("describe", [media[j] for j in idx]), len(refs))
+        return [g if isinstance(g, ItemFailure) else [{"id": r.id, "text": g}] for r, g in zip(refs, got)]
+
+
+def media_rows(root, n: int, thin=(), corrupt=()) -> list[dict]:
+    """``n`` images m000.. under ``root/media``: 8x6 pixels of their own colour, 3x5 for ``thin``
+    ones, bytes that are not an image for ``corrupt`` ones."""
+    (root / "media").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        path = root / "media" / f"m{i:03d}.png"
+        if i in corrupt:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+        else:
+            Image.new("RGB", (3, 5) if i in thin else (8, 6), (10 * i, 20, 30)).save(path)
+        rows.append({"item_id": f"m{i:03d}", "uri": f"media/m{i:03d}.png", "kind": "image", "media_root": str(root)})
+    return rows
+
+
+def as_batch(rows: list[dict]) -> dict:
+    return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
+def test_a_refused_item_is_an_error_row_and_the_rest_of_its_batch_is_answered(tmp_path):
+    rows = media_rows(tmp_path, 6, thin={2}, corrupt={4})
+    out = Describe({"fake": {"refuse_sizes": [[3, 5]]}})(as_batch(rows))
+    errors, records = list(out["error"]), [json.loads(r) if r else None for r in out["records"]]
+    assert errors[2].startswith("model: ValueError: fake model refuses frames of size [(3, 5)]")
+    assert errors[4].startswith("MediaError")  # did not decode: the model never saw it
+    assert [i for i, e in enumerate(errors) if not e] == [0, 1, 3, 5]
+    assert all(records[i][0]["id"] == f"m{i:03d}" and records[i][0]["text"].startswith("describe:8x6:")
+               for i in (0, 1, 3, 5))
+    assert len({records[i][0]["text"] for i in (0, 1, 3, 5)}) == 4  # each item's own pixels
+    assert list(out["item_id"]) == [r["item_id"] for r in rows]  # input columns pass through
+
+    counts = run_sharded(rows, Describe, {"target": {"fake": {"refuse_sizes": [[3, 5]]}}}, str(tmp_path / "out"),
+                         "describe", StreamConfig(batch_size=6, shard_size=3), engine="local")
+    assert counts == {"inputs": 6, "errors": 2, "records": 4}
+    assert sorted(e.media_id for e in read_errors(str(tmp_path / "out"))) == ["m002", "m004"]
+    again = Describe({"fake": {"refuse_sizes": [[3, 5]]}})(as_batch(rows))
+    assert list(again["records"]) == list(out["records"])  # deterministic
+
+
+def test_resume_skips_written_shards_and_a_new_plan_starts_over(tmp_path):
+    rows, out = media_rows(tmp_path, 20), tmp_path / "out"
+    cfg, kwargs = StreamConfig(batch_size=4, shard_size=4), {"target": {"fake": {}}}
+    run_sharded(rows, Describe, kwargs, str(out), "describe", cfg, engine="local", key={"model": "a"})
+    first = read_shards(str(out))
+    (out / "shard-00002.jsonl").unlink()  # as if killed before that shard was written
+    Describe.batches = 0
+    counts = run_sharded(rows, Describe, kwargs, str(out), "describe", cfg, engine="local", key={"model": "a"})
+    assert Describe.batches == 1 and counts == {"inputs": 20, "errors": 0, "records": 20}
+    assert read_shards(str(out)) == first
+    # other shard boundaries or another key: the written shards hold other rows, none is resumed
+    for change in ({"cfg": StreamConfig(batch_size=4, shard_size=8)}, {"key": {"model": "b"}}):
+        Describe.batches = 0
+        run_sharded(rows, Describe, kwargs, str(out), "describe", change.get("cfg", cfg), engine="local",
+                    key=change.get("key", {"model": "a"}))
+        assert Describe.batches == 5
+        assert sorted(r["id"] for r in read_shards(str(out))) == [r["item_id"] for r in rows]  # no duplicates
+
+
+def test_local_and_fake_targets_behind_one_protocol(tmp_path):
+    rows = media_rows(tmp_path, 3)
+    local = connect_target({"local": {"scale": 2}}, lambda cfg: Sizes(**cfg))
+    fake = connect_target({"fake": {}}, lambda cfg: pytest.fail("a fake target builds no model"))
+    assert isinstance(local, LocalTarget) and isinstance(fake, FakeTarget)
+    assert isinstance(local, ModelTarget) and isinstance(fake, ModelTarget)
+    frames = [[Image.new("RGB", (8, 6))]]
+    assert local.call("describe", frames) == ["16x12"]
+    assert fake.call("describe", frames) == fake.call("describe", frames) and fake.calls == 2
+    for name, target in (("local", {"local": {"scale": 2}}), ("fake", {"fake": {}})):
+        run_sharded(rows, Describe, {"target": target}, str(tmp_path / name), "describe", StreamConfig(),
+                    engine="local")
+    texts = {name: [r["text"] for r in read_shards(str(tmp_path / name))] for name in ("local", "fake")}
+    assert texts["local"] == ["16x12"] * 3 and all(t.startswith("describe:8x6:") for t in texts["fake"])
+    with pytest.raises(ValueError, match="serve / local / fake"):
+        connect_target({"remote": {}}, Sizes)
+
+
+def test_replica_settings_are_one_definition_for_both_deployments():
+    from leaml.pipeline.captioner import CaptionerConfig
+    from leaml.pipeline.qa_generator import QAGenConfig
+
+    for cfg_cls in (CaptionerConfig, QAGenConfig):
+        assert issubclass(cfg_cls, ReplicaSettings) and set(SERVING_KNOBS) <= cfg_cls.model_fields.keys()
+        auto = cfg_cls(num_replicas="auto", replica_cpus=0.5).deployment_options()
+        assert auto == {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0}, "max_ongoing_requests": 4,
+                        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}}
+        assert cfg_cls(num_replicas=3).deployment_options()["num_replicas"] == 3
