@@ -31,6 +31,8 @@ STATE_JSON = "trainer_state.json"
 """Training state is tensors (safetensors) + everything else (JSON): nothing in a checkpoint is
 unpickled, so whoever can write the bucket cannot run code on the workers."""
 LEGACY_STATE_FILE = "trainer_state.pt"
+STATE_FORMAT = 2
+"""1: every trainable tensor whole, beside an ``hf_model/`` export; 2: selected entries only, no export."""
 
 
 class TrainJob(StrictModel):
@@ -90,11 +92,13 @@ def train_loop_per_worker(job_dict: dict) -> dict:
                for i, s in enumerate(job.data)]
     start, metrics = _resume(job, ctx, method, scheduler)
     batcher = MediaBatcher(processor, cfg.num_frames, device)
-    progress = _Progress(cfg, ctx, start)
+    progress, meter = _Progress(cfg, ctx, start), _Throughput()
     for step in range(start, cfg.max_steps):
+        torch.manual_seed(_step_seed(cfg.seed, step, ctx.rank))  # dropout: the same after a resume
+        t0 = time.perf_counter()
         train_model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            losses = _step_losses(train_model, batcher, job.data, streams, step)
+            losses, tokens = _step_losses(train_model, batcher, job.data, streams, step)
         total = sum(w * l for w, l in losses.values())
         total.backward()
         grad_norm = method.clip_and_step(cfg.grad_clip)
@@ -102,6 +106,7 @@ def train_loop_per_worker(job_dict: dict) -> dict:
         method.optimizer.zero_grad(set_to_none=True)
         metrics = {"step": step + 1, "resumed_from": start, "loss": total.item(), "grad_norm": float(grad_norm),
                    "lr": scheduler.get_last_lr()[0], **{f"loss_{k}": l.item() for k, (_, l) in losses.items()}}
+        metrics |= meter.add(time.perf_counter() - t0, int(tokens))  # after .item(): the step has finished
         progress.update(metrics)
         _maybe_inject_failure(step + 1)
         if _due(step + 1, cfg.checkpoint_every, cfg.max_steps) or _due(step + 1, cfg.report_every, cfg.max_steps):
@@ -161,6 +166,14 @@ def kill_self_once(marker: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """The RNG seed of one step on one rank: a function of (seed, step, rank) alone, so a resumed
+    run draws the same dropout masks as an uninterrupted one (the RNG state is not checkpointed)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{step}:{rank}".encode(), digest_size=8).digest(), "little") >> 1
+
+
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
@@ -210,14 +223,18 @@ class MediaBatcher:
         return self._media[key]
 
 
-def _step_losses(model, batcher: MediaBatcher, specs: list[DataSpec], streams: list[BatchStream], step: int) -> dict:
-    losses = {}
+def _step_losses(model, batcher: MediaBatcher, specs: list[DataSpec], streams: list[BatchStream],
+                 step: int) -> tuple[dict, torch.Tensor | int]:
+    """({source: (weight, loss)}, real (unpadded) tokens this rank put through the model; a device
+    tensor, read once the step is done, so counting costs no extra synchronisation)."""
+    losses, tokens = {}, 0
     for i, (spec, stream) in enumerate(zip(specs, streams)):
         if step % spec.every or spec.weight == 0:
             continue
         inputs = batcher(stream.batch_at(step // spec.every))
+        tokens = tokens + inputs["attention_mask"].sum()
         losses[f"{spec.kind}{i if i else ''}"] = (spec.weight, target_loss(model, inputs))
-    return losses
+    return losses, tokens
 
 
 def target_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -236,6 +253,22 @@ def target_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     sums = torch.zeros(n, device=nll.device).index_add_(0, turn, nll[mask])
     counts = torch.zeros(n, device=nll.device).index_add_(0, turn, torch.ones_like(nll[mask]))
     return (sums / counts.clamp(min=1)).mean()
+
+
+class _Throughput:
+    """Step time and tokens/s of this worker, over this process's steps after its first (which pays
+    for lazy initialisation: kernels, allocator, media decoding of the first batches)."""
+
+    def __init__(self):
+        self.steps, self.seconds, self.tokens = 0, 0.0, 0
+
+    def add(self, seconds: float, tokens: int) -> dict:
+        self.steps += 1
+        if self.steps > 1:
+            self.seconds, self.tokens = self.seconds + seconds, self.tokens + tokens
+        mean = self.seconds / (self.steps - 1) if self.steps > 1 else seconds
+        rate = self.tokens / self.seconds if self.seconds > 0 else tokens / max(seconds, 1e-9)
+        return {"step_time_s": seconds, "tokens": tokens, "mean_step_time_s": mean, "tokens_per_s": rate}
 
 
 class _Progress:
@@ -264,21 +297,24 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: trainable state (the training-form parameters, optimizer, scheduler, step) beside a
-# Hugging Face export of the model. Resume rebuilds the training form from init_model exactly as
-# at the start and loads the trainable state into it, whatever the method.
+# Checkpoints: what the method trains and nothing else (MethodSetup.checkpoint_state: all
+# parameters for full, the adapters for lora, the selected entries for masked / masked_sparse, each
+# with its optimizer state) + scheduler + step. Resume rebuilds the training form from init_model
+# and the job's masks exactly as at the start and loads that state into it. The whole model is
+# written once, by the final export (export_checkpoint makes one of a mid-run checkpoint).
 
 
 def _save_state(dirpath: Path, method, scheduler, metrics: dict, fingerprint: str = "") -> None:
     from safetensors.torch import save_file
 
-    trainable = {n: p.detach().cpu() for n, p in method.model.named_parameters() if p.requires_grad}
+    params, optimizer = method.checkpoint_state()  # only what the method trains (see methods.py)
     tensors: dict[str, torch.Tensor] = {}
-    tree = _split_tensors({"trainable": trainable, "optimizer": method.optimizer.state_dict()}, "", tensors)
-    method.export(str(dirpath / "hf_model"), method.processor)  # usable as is, e.g. to evaluate mid-run
+    tree = _split_tensors({"trainable": params, "optimizer": optimizer}, "", tensors)
+    dirpath.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(dirpath / STATE_TENSORS))
-    meta = {"format": 1, "fingerprint": fingerprint, "step": metrics["step"], "metrics": metrics,
-            "state": tree, "scheduler": _json_safe(scheduler.state_dict())}
+    meta = {"format": STATE_FORMAT, "fingerprint": fingerprint, "step": metrics["step"], "metrics": metrics,
+            "selected_entries_of": sorted(method.selections), "state": tree,
+            "scheduler": _json_safe(scheduler.state_dict())}
     (dirpath / STATE_JSON).write_text(json.dumps(meta))  # last: its presence marks a whole checkpoint
 
 
@@ -291,6 +327,9 @@ def _load_state(dirpath: Path, method, scheduler, fingerprint: str = "") -> tupl
     if fingerprint and meta.get("fingerprint") != fingerprint:
         raise ValueError(f"checkpoint {dirpath.name} belongs to job {str(meta.get('fingerprint'))[:12]}, "
                          f"not {fingerprint[:12]}: refusing to resume another job's state")
+    if meta.get("format", 1) >= 2 and meta.get("selected_entries_of", []) != sorted(method.selections):
+        raise ValueError(f"checkpoint {dirpath.name} holds the selected entries of other weights than this "
+                         f"job's masks select: refusing to scatter them")
     state = _join_tensors(meta["state"], load_file(str(dirpath / STATE_TENSORS)))
     _apply_state(method, scheduler, state["trainable"], state["optimizer"], meta["scheduler"])
     return int(meta["step"]), meta.get("metrics", {})
@@ -305,11 +344,7 @@ def _load_legacy_state(dirpath: Path, method, scheduler) -> tuple[int, dict]:
 
 
 def _apply_state(method, scheduler, trainable: dict, optimizer: dict, sched: dict) -> None:
-    params = dict(method.model.named_parameters())
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value)
-    method.optimizer.load_state_dict(optimizer)
+    method.load_checkpoint_state(trainable, optimizer)
     scheduler.load_state_dict(sched)
 
 
@@ -368,8 +403,7 @@ def _resume(job: TrainJob, ctx: WorkerContext, method, scheduler) -> tuple[int, 
     dirs = _ray_checkpoint_dirs() if ctx.under_ray else _state_dirs(_local_ckpt_root(job))
     for step_dir in _newest_first(dirs, fingerprint):
         with tempfile.TemporaryDirectory() as d:
-            for name in (STATE_JSON, STATE_TENSORS):
-                storage.write_bytes(str(Path(d) / name), storage.read_bytes(storage.join(step_dir, name)))
+            _fetch_state(step_dir, Path(d))
             try:
                 step, metrics = _load_state(Path(d), method, scheduler, fingerprint)
             except Exception as e:  # noqa: BLE001 - cut short by a kill mid-upload: take the one before
@@ -382,6 +416,30 @@ def _resume(job: TrainJob, ctx: WorkerContext, method, scheduler) -> tuple[int, 
     if ctx.under_ray:  # a storage this scan cannot list: Ray's own record of the latest checkpoint
         return _resume_from_ray_record(method, scheduler, fingerprint, ctx)
     return 0, {}
+
+
+def _fetch_state(step_dir: str, local: Path) -> None:
+    for name in (STATE_JSON, STATE_TENSORS):
+        storage.write_bytes(str(local / name), storage.read_bytes(storage.join(step_dir, name)))
+
+
+def export_checkpoint(job: TrainJob | dict, step_dir: str, out_uri: str) -> int:
+    """A resumable checkpoint (local or s3:// folder) -> a Hugging Face model in ``out_uri``, merged
+    like the final export; returns its step. Checkpoints hold only what the method trains, so this
+    is how a mid-run one is evaluated: the base model and masks are set up as the run did, then the
+    checkpoint's state is loaded into them."""
+    from leaml.models.builders import load_model
+    from leaml.train.methods import setup_method
+
+    job = TrainJob.model_validate(job) if isinstance(job, dict) else job
+    model, processor = load_model(job.init_model, caps=job.train.media)
+    method = setup_method(model, job.train, job.masks)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(method.optimizer, _cosine_with_warmup(job.train))
+    with tempfile.TemporaryDirectory() as d:
+        _fetch_state(step_dir, Path(d))
+        step, _ = _load_state(Path(d), method, scheduler, _job_fingerprint(job))
+    method.export(out_uri, processor)
+    return step
 
 
 def _state_dirs(root: str) -> list[str]:

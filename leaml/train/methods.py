@@ -12,6 +12,11 @@
 copy (lora, masked_sparse); ``activation_checkpointing`` recomputes each layer in backward.
 :func:`state_bytes` is the one place that says what each method keeps per GPU (the memory plan,
 ``leaml.plan``, reads it; ``tests/train/test_plan.py`` checks it against a real step).
+
+Checkpoints hold what the method trains and nothing else (:meth:`MethodSetup.checkpoint_state`):
+all parameters (full), the adapters (lora), the sparse values (masked_sparse), the selected entries
+(masked), each with its optimizer state; resume rebuilds the rest from the base weights and the
+mask artifact, as at the start. The whole model is exported once, at the end.
 """
 from __future__ import annotations
 
@@ -37,6 +42,9 @@ class MethodSetup:
     processor: object = None
     ddp_kwargs: dict = field(default_factory=dict)
     """Extra DistributedDataParallel arguments this method wants (the loop passes them on)."""
+    selections: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Trained parameters that move only at some entries (dense masked): name -> bool mask. A
+    checkpoint keeps those entries only; the others equal the base weights by construction."""
 
     def clip_and_step(self, max_norm: float) -> torch.Tensor:
         """Mask (if any), clip over the trainable entries only, step."""
@@ -50,6 +58,69 @@ class MethodSetup:
         from leaml.models.builders import save_model
 
         save_model(self.merged_model(self.model), processor, out_uri)
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(trained parameters by name, optimizer ``state_dict``): what a resumable checkpoint keeps.
+
+        Only what the method trains: every parameter (full), the adapters (lora), the sparse values
+        (masked_sparse), or the selected entries of each masked weight and of its two moments
+        (masked; outside the mask the weight is the base's and the moments are 0, bit for bit:
+        ``MaskedAdamW`` zeroes those gradients). Base weights + this = the training state.
+        """
+        params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        state = self.optimizer.state_dict()
+        if not self.selections:
+            return params, state
+        by_index = self._selections_by_index()
+        params = {n: _select(p, self.selections.get(n)) for n, p in params.items()}
+        state = {**state, "state": {i: {k: _select(v, by_index.get(i)) for k, v in s.items()}
+                                    for i, s in state["state"].items()}}
+        return params, state
+
+    def load_checkpoint_state(self, params: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+        """The inverse of :meth:`checkpoint_state`, on a method set up afresh from the base weights.
+        Whole tensors are copied as they are (a checkpoint of the earlier format holds those)."""
+        own = dict(self.model.named_parameters())
+        unknown = sorted(set(params) - set(own))
+        if unknown:
+            raise ValueError(f"checkpoint holds parameters this model does not train: {unknown[:3]}")
+        with torch.no_grad():
+            for name, value in params.items():
+                p, mask = own[name], self.selections.get(name)
+                if _is_selected_form(value, mask):
+                    p.masked_scatter_(mask, value.to(p.device, p.dtype))
+                else:
+                    p.copy_(value)
+        by_index = self._selections_by_index()
+        state = {int(i): {k: _expand(v, by_index.get(int(i))) for k, v in s.items()}
+                 for i, s in optimizer_state["state"].items()}
+        self.optimizer.load_state_dict({**optimizer_state, "state": state})
+
+    def _selections_by_index(self) -> dict[int, torch.Tensor]:
+        """The masks keyed as ``optimizer.state_dict()`` numbers parameters (param-group order)."""
+        name_of = {id(p): n for n, p in self.model.named_parameters()}
+        ordered = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return {i: self.selections[name_of[id(p)]] for i, p in enumerate(ordered)
+                if name_of.get(id(p)) in self.selections}
+
+
+def _select(t, mask: torch.Tensor | None):
+    """The entries of ``t`` at ``mask`` (row-major) where ``t`` is mask-shaped; else ``t``."""
+    if mask is None or not torch.is_tensor(t) or t.shape != mask.shape:
+        return t
+    return t.masked_select(mask)
+
+
+def _is_selected_form(t, mask: torch.Tensor | None) -> bool:
+    return (mask is not None and torch.is_tensor(t) and t.shape != mask.shape and t.dim() == 1
+            and t.numel() == int(mask.sum()))
+
+
+def _expand(t, mask: torch.Tensor | None):
+    """Selected entries -> a mask-shaped tensor, zero elsewhere (as the moments are there)."""
+    if not _is_selected_form(t, mask):
+        return t
+    return torch.zeros(mask.shape, dtype=t.dtype, device=mask.device).masked_scatter_(mask, t.to(mask.device))
 
 
 # gradient_as_bucket_view: DDP's all-reduce buckets become the .grad storage instead of a second
@@ -133,7 +204,10 @@ def _masked(model, cfg: TrainConfig, masks: dict[str, torch.Tensor]) -> MethodSe
     from leaml.train.masked_optim import prepare_masked_training
 
     params, optimizer, before_step = prepare_masked_training(model, masks, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return MethodSetup(model, optimizer, params, before_step=before_step, ddp_kwargs=dict(DDP_KWARGS))
+    mask_of = {id(p): m for p, m in optimizer.masks.items()}
+    selections = {n: mask_of[id(p)] for n, p in model.named_parameters() if id(p) in mask_of}
+    return MethodSetup(model, optimizer, params, before_step=before_step, ddp_kwargs=dict(DDP_KWARGS),
+                       selections=selections)
 
 
 def _masked_sparse(model, cfg: TrainConfig, masks: dict[str, torch.Tensor]) -> MethodSetup:
@@ -204,6 +278,13 @@ def state_bytes(model: torch.nn.Module, cfg: TrainConfig, world_size: int = 1,
     largest = max((r * w for r, w in shapes), default=0)
     return StateBytes(wbytes * n_params, 4 * selected, 12 * selected + index, 4 * selected * ddp_factor,
                       largest_dw=compute * largest, trainable=selected)
+
+
+def checkpoint_bytes(model: torch.nn.Module, cfg: TrainConfig) -> int:
+    """Tensor bytes of one resumable checkpoint (:meth:`MethodSetup.checkpoint_state`): 12 B per
+    trained value (the fp32 value and its two fp32 AdamW moments), plus a step counter per trained
+    tensor (not counted). The whole model is written once, by the final export."""
+    return 12 * state_bytes(model, cfg).trainable
 
 
 def lora_param_count(model: torch.nn.Module, cfg: TrainConfig) -> int:
