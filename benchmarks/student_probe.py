@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from leaml.media import load_media  # noqa: E402
-from leaml.models.batching import score_options  # noqa: E402
+from leaml.models.answer import score_options  # noqa: E402
 from leaml.models.builders import load_model  # noqa: E402
 from leaml.models.init import init_base_model  # noqa: E402
 from leaml.prompts import vqa_prompt  # noqa: E402

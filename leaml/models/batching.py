@@ -8,8 +8,7 @@ serves any ``AutoProcessor`` (tiny Qwen2.5-VL / LLaVA, production Qwen2.5-VL).
   the same for several QA turns about one media item (packed training, media encoded once).
 - ``generate``: left-padded prompts, decodes only the new tokens; ``<q>``/``<a>`` survive because
   they are not special tokens.
-- ``score_options``: the mean log-likelihood of each option as the answer, softmaxed over options;
-  implemented in :mod:`leaml.models.answer` (one encoding of media + prompt shared by all options).
+Option scoring lives in :mod:`leaml.models.answer` (one encoding of media + prompt shared by all options).
 
 Media: each item is a list of frames. A frame is one ``{"type": "image"}`` placeholder in the user
 turn and one entry of the flat image list, in order, so an image is ``[img]`` and a short video is
@@ -20,7 +19,7 @@ processor; it would replace the per-frame placeholders in ``_messages`` and pass
 from __future__ import annotations
 
 import contextlib
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -208,22 +207,3 @@ def decoding_settings(do_sample: bool, temperature: float = 1.0, top_p: float = 
                     repetition_penalty=1.0)
     return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, min_p=None, typical_p=1.0,
                 repetition_penalty=repetition_penalty)
-
-
-def score_options(
-    model,
-    processor,
-    media: Media,
-    prompts: Sequence[str],
-    options: Sequence[Sequence[str]],
-    batch_size: int = 16,
-    eos: bool = True,
-    reduce: Literal["mean", "sum"] = "mean",
-) -> list[list[float]]:
-    """Per prompt, a probability per option (softmax of each option's mean or total token
-    log-likelihood): :func:`leaml.models.answer.score_options`, which encodes each media + prompt
-    once and scores every option from that shared prefix. This name stays for its callers."""
-    from leaml.models.answer import score_options as shared_prefix_scores
-
-    return shared_prefix_scores(model, processor, media, prompts, options, batch_size=batch_size, eos=eos,
-                                reduce=reduce)

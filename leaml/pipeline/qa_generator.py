@@ -144,7 +144,7 @@ class QAGenerator:
                            known: dict[str, list[str]]) -> list[dict]:
         """Per item: ``n`` valid ``<q>Q<q><a>A<a>`` texts, and the option probabilities of each
         question drawn (so the filter needs no second pass). Seeded per item."""
-        from leaml.models.batching import score_options
+        from leaml.models.answer import score_options
         from leaml.prompts import qagen_prompt
         from leaml.records import Q_TAG
 
@@ -176,7 +176,7 @@ class QAGenerator:
 
     def option_probs(self, media: list[list], questions: list[str], options: list[list[str]]) -> list[list[float]]:
         """P(option | media, question) under the generator, over full ``<q>..<a>o<a>`` targets."""
-        from leaml.models.batching import score_options
+        from leaml.models.answer import score_options
         from leaml.prompts import qagen_prompt
 
         targets = [[format_qa_target(q, opts, o) for o in opts] for q, opts in zip(questions, options)]

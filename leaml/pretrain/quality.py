@@ -34,7 +34,7 @@ def base_quality(model_uri: str, role: str, n_images: int = 200, batch_size: int
 
 def general_vqa(model, processor, corpus_dir: str, batch_size: int) -> dict:
     from leaml.media import load_media
-    from leaml.models.batching import score_options
+    from leaml.models.answer import score_options
     from leaml.prompts import vqa_prompt
 
     qa = load_records(storage.join(corpus_dir, "general/qa.jsonl"), VQAExample)

@@ -13,7 +13,7 @@ from leaml.records import VQAExample, load_records
 
 def test_options_scoring_answers_with_the_most_likely_option(tiny_world, tiny_base):
     from leaml.media import load_media
-    from leaml.models.batching import score_options
+    from leaml.models.answer import score_options
     from leaml.prompts import vqa_prompt
 
     examples = load_records(f"{tiny_world}/test.jsonl", VQAExample)[:6]

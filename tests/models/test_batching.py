@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from leaml.models.batching import IGNORE_INDEX, encode_for_training, generate, score_options
+from leaml.models.answer import score_options
+from leaml.models.batching import IGNORE_INDEX, encode_for_training, generate
 from leaml.models.builders import ModelSpec, build_model
 from leaml.models.tokenizer import train_tokenizer
 from leaml.prompts import caption_prompt, qagen_prompt, vqa_prompt
