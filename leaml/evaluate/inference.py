@@ -23,6 +23,7 @@ from pydantic import Field
 from leaml.config import StrictModel
 from leaml.records import MediaRef, VQAExample
 from leaml.streaming import Engine, ItemFailure, MediaUDF, StreamConfig, read_errors, read_shards, run_sharded
+from leaml.train.config import MediaCaps
 
 
 class InferenceSettings(StrictModel):
@@ -54,6 +55,9 @@ class InferenceSettings(StrictModel):
     """Answers are short options; generation stops at EOS anyway."""
     num_frames: int = Field(8, ge=1)
     """Frames sampled per video (images are one frame)."""
+    media: MediaCaps = MediaCaps()
+    """Pixels per frame the processor may make of an item (as training and captioning are capped):
+    an uncapped Qwen2.5-VL processor turns one full-size frame into ~1.7k tokens."""
 
 
 SCHEDULING = {"shard_size", "num_actors", "actor_cpus", "torch_threads", "actor_gpus"}
@@ -79,7 +83,8 @@ class VQAAnswerer:
 
         if cfg.get("torch_threads"):
             torch.set_num_threads(cfg["torch_threads"])
-        self.model, self.processor = load_model(cfg["model"], device=cfg.get("device", "auto"))
+        caps = MediaCaps.model_validate(cfg["media"]) if cfg.get("media") else None
+        self.model, self.processor = load_model(cfg["model"], device=cfg.get("device", "auto"), caps=caps)
         self.model.eval()
 
     def answer(self, media: list[list], prompts: list[str], options: list[list[str]], max_new_tokens: int) -> list[str]:
@@ -140,7 +145,8 @@ def _answer_stream(examples: list[VQAExample], model_uri: str, media_root: str, 
     # the item id orders the shards as the examples are ordered (ids of examples may repeat)
     rows = [{"item_id": f"{i:09d}", "idx": i, "media_id": ex.media.id, "uri": ex.media.uri,
              "media_root": media_root, "example": ex.model_dump_json()} for i, ex in enumerate(examples)]
-    target = {"local": {"model": model_uri, "device": cfg.device, "torch_threads": _threads(cfg)}}
+    target = {"local": {"model": model_uri, "device": cfg.device, "torch_threads": _threads(cfg),
+                        "media": cfg.media.model_dump()}}
     stream = StreamConfig(batch_size=cfg.batch_size, shard_size=cfg.shard_size, num_actors=cfg.num_actors,
                           min_actors=cfg.num_actors, actor_cpus=cfg.actor_cpus, actor_gpus=cfg.actor_gpus)
     kwargs = dict(target=target, num_frames=cfg.num_frames, scoring=cfg.scoring, max_new_tokens=cfg.max_new_tokens)

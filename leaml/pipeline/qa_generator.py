@@ -21,6 +21,7 @@ from pydantic import Field
 
 from leaml.records import MediaRef, QAParseError, VQAExample, format_qa_target, parse_qa_target
 from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings, call_isolating
+from leaml.train.config import MediaCaps
 
 APP_NAME = "leaml-qa-generator"
 DEPLOYMENT_NAME = "QAGenerator"
@@ -56,6 +57,8 @@ class QAGenConfig(ReplicaSettings):
     88-100% of the kept pairs ask one of the 10 questions), so its pseudo pairs teach one answer to
     every question; above 1 this spreads the questions while answers keep ``temperature``."""
     num_frames: int = Field(8, ge=1)
+    media: MediaCaps = MediaCaps()
+    """Pixels per frame the generator's processor may make of an item (as in its training)."""
     seed: int = 0
     filter: Literal["none", "consistent", "threshold"] = "consistent"
     """none: keep every valid pair; consistent: keep a pair only when its answer is the
@@ -107,7 +110,7 @@ class QAGenerator:
 
         self.cfg = QAGenConfig.model_validate(cfg)
         torch.set_num_threads(max(1, int(self.cfg.replica_cpus)))
-        self.model, self.processor = load_model(self.cfg.model, device=self.cfg.device)
+        self.model, self.processor = load_model(self.cfg.model, device=self.cfg.device, caps=self.cfg.media)
 
     def sample(self, media: list[list], media_ids: list[str],
                known: dict[str, list[str]] | None = None) -> list[list[str]]:

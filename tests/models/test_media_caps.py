@@ -1,5 +1,5 @@
 """Media token caps: max_pixels / min_pixels reach the processor of every stage that loads one
-(load_model, the transformers captioner, the vLLM engine arguments), bound the tokens of any image,
+(load_model, the transformers captioner, the QA generator, evaluation, the vLLM engine arguments), bound the tokens of any image,
 and an item over the text cap is refused with its id, its count and the setting to change."""
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ def test_transformers_captioner_loads_with_its_caps(tiny_base):
     cap = Captioner({"backend": "transformers", "model": tiny_base, "device": "cpu",
                      "media": {"max_pixels": 32 * 32}})
     assert cap.processor.image_processor.size["longest_edge"] == 32 * 32
+
+
+def test_the_qa_generator_and_evaluation_load_with_their_caps(tiny_base):
+    from leaml.evaluate.inference import InferenceSettings, VQAAnswerer
+    from leaml.pipeline.qa_generator import QAGenerator
+
+    gen = QAGenerator({"model": tiny_base, "device": "cpu", "replica_cpus": 1, "media": {"max_pixels": 32 * 32}})
+    assert gen.processor.image_processor.size["longest_edge"] == 32 * 32
+    settings = InferenceSettings(media=MediaCaps(max_pixels=48 * 48))
+    answerer = VQAAnswerer({"model": tiny_base, "device": "cpu", "media": settings.media.model_dump()})
+    assert answerer.processor.image_processor.size["longest_edge"] == 48 * 48
 
 
 def test_vllm_engine_args_bound_memory_and_pixels():
