@@ -9,7 +9,7 @@ Every point is a run of the pipeline in one run directory (``--out``) with the p
 the stages' fingerprints redo only what the override changes (a K point redoes the masks, the
 LEAML generator, its pseudo pairs, its VQA row and their evaluation; the captions, the full
 fine-tuning and fully supervised rows are done once). Rows: ``full``, ``leaml``,
-``fully_supervised``. Per point it prints LEAML's validation accuracy (mean of categories), LEAML -
+``fully_supervised`` (``--also distill``: also the generator without the mask, recorded in the jsonl). Per point it prints LEAML's validation accuracy (mean of categories), LEAML -
 full fine-tuning, the gap closure, the pseudo pairs kept and how many of them agree with the train
 truth (the unlabeled pool is train media, so each pseudo pair asking an annotated question can be
 checked), beside the prior's agreement. Results are appended to ``<out>/sweep.jsonl`` as they come.
@@ -60,17 +60,17 @@ def _answers_by_question(train, counter):
     return out
 
 
-def run_point(config: str, data_dir: str, out: str, override: list[str]) -> dict:
+def run_point(config: str, data_dir: str, out: str, override: list[str], rows: tuple[str, ...] = ROWS) -> dict:
     from leaml import storage
     from leaml.config import load_config
     from leaml.pipeline.config import PipelineConfig
     from leaml.pipeline.graph import Run, run_pipeline
 
     cfg = load_config(PipelineConfig, config, [f"data_dir={data_dir}", f"run_dir={out}",
-                                               f"rows=[{','.join(ROWS)}]", *override])
+                                               f"rows=[{','.join(rows)}]", *override])
     run_pipeline(cfg)
     run = Run(cfg)
-    scores = {r: json.loads(storage.read_text(run.eval_row(r)))["scores"]["mean_of_categories"] for r in ROWS}
+    scores = {r: json.loads(storage.read_text(run.eval_row(r)))["scores"]["mean_of_categories"] for r in rows}
     gap = scores["fully_supervised"] - scores["full"]
     return {"scores": scores, "leaml_minus_full": scores["leaml"] - scores["full"],
             "gap_closure": (scores["leaml"] - scores["full"]) / gap if gap > 1e-9 else None,
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", required=True, help="a validation dataset dir (leaml data carve-validation)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--grid", nargs="*", default=[], help="key=v1,v2 ... (each value alone, the rest at base)")
+    ap.add_argument("--also", nargs="*", default=[], help="more rows to run and record (e.g. distill: "
+                    "the same generator without the QA-neuron mask)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides applied to every point")
     args = ap.parse_args(argv)
     log = Path(args.out, "sweep.jsonl")
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in points:
         setting = "base" if value is None else f"{key}={value}"
         t0 = time.perf_counter()
-        point = run_point(args.config, args.data_dir, args.out, [*args.overrides, *([setting] if value else [])])
+        point = run_point(args.config, args.data_dir, args.out, [*args.overrides, *([setting] if value else [])],
+                          (*ROWS, *args.also))
         results.append({"setting": setting, "seconds": round(time.perf_counter() - t0, 1), **point})
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
