@@ -6,26 +6,20 @@ valid request sent after the kill is answered 2xx again within a bounded time.""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.bench import benchmark_module
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 RECOVERY_BOUND_S = 90  # replica restart (model load + warm-up) is ~15-20 s on 2 busy CPUs
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("serve_load_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("serve_load") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,14 @@
 """benchmarks/masked_training.py at its smallest: the memory figures it reports are exact counts."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "masked_training.py"
+from tests.bench import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("masked_training_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("masked_training") as module:
+        yield module
 
 
 def test_smallest_run_reports_exact_state_bytes(bench):

@@ -1,22 +1,15 @@
 """benchmarks/gpu_check.py: its CPU smoke runs the library's path (run_training on 2 gloo workers,
 partial checkpoint, export, reload, one Serve request) and passes its own checks."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+from tests.bench import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("gpu_check") as module:
+        yield module
 
 
 def test_defaults_and_the_vllm_skip_reason(gpu_check):
