@@ -17,7 +17,9 @@ from leaml import storage
 from leaml.data import synth_endo
 from leaml.data.kvasir import PAPER, PAPER_CATEGORIES
 from leaml.data.synth_common import options_by_template, png_bytes, rng_for, with_options
-from leaml.data.world import DomainSpec, WorldSettings, WorldSummary, build, build_general, teacher_pool
+from leaml.data.world import (
+    DomainSpec, WorldSettings, WorldSummary, build, build_general, check_question_range, teacher_pool,
+)
 from leaml.records import MediaRef, VQAExample, save_records
 
 
@@ -37,9 +39,7 @@ class WorldConfig(WorldSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "WorldConfig":
-        lo, hi = self.questions_per_image
-        if not 1 <= lo <= hi:
-            raise ValueError(f"questions_per_image must be 1 <= min <= max, got {self.questions_per_image}")
+        check_question_range(self.questions_per_image, "questions_per_image")
         return self
 
 

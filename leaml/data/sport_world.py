@@ -31,7 +31,8 @@ from leaml.data.sportu import PAPER
 from leaml.data.synth_common import rng_for
 from leaml.data.synth_sport import BEATS, TEMPLATES, SportScene, frame_beats, frame_view
 from leaml.data.world import (
-    DomainSpec, WorldSettings, WorldSummary, accuracy_by_category, build, majority, prior_answers,
+    DomainSpec, WorldSettings, WorldSummary, accuracy_by_category, build, check_question_range, majority,
+    prior_answers,
 )
 from leaml.media import write_video
 from leaml.records import MediaRef, VQAExample
@@ -62,9 +63,7 @@ class SportWorldConfig(WorldSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "SportWorldConfig":
-        lo, hi = self.questions_per_clip
-        if not 1 <= lo <= hi:
-            raise ValueError(f"questions_per_clip must be 1 <= min <= max, got {self.questions_per_clip}")
+        check_question_range(self.questions_per_clip, "questions_per_clip")
         return self
 
 

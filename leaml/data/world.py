@@ -62,6 +62,13 @@ class WorldSettings(StrictModel):
     """Teacher captions: probability that a mentioned fact is wrong (a real general model's errors)."""
 
 
+def check_question_range(value: tuple[int, int], name: str) -> None:
+    """A world's inclusive range of questions per media item must be 1 <= min <= max."""
+    lo, hi = value
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{name} must be 1 <= min <= max, got {value}")
+
+
 # One job per media item: (args) -> (relative uri, media bytes, records). Module-level functions, so
 # a process pool can pickle them; the main process does all the writing.
 Job = Callable[[tuple], tuple[str, bytes, list]]
