@@ -37,27 +37,24 @@ def parse_grid(items: list[str]) -> list[tuple[str, str]]:
 
 def pseudo_agreement(run_dir: str, data_dir: str) -> dict:
     """Kept LEAML pseudo pairs, and the share of the checkable ones whose answer is the train truth
-    (and the share the template's prior answer would get on the same questions)."""
-    from collections import Counter
+    (and the share the question's most common train answer would get on the same pairs)."""
+    from collections import Counter, defaultdict
 
+    from leaml.data.world import majority
     from leaml.records import VQAExample, load_records
 
     train = load_records(f"{data_dir}/train.jsonl", VQAExample)
     truth = {(e.media.id, e.question): e.answer for e in train}
-    prior = {q: c.most_common(1)[0][0] for q, c in _answers_by_question(train, Counter).items()}
-    kept = [json.loads(line) for line in open(f"{run_dir}/pseudo_qa/leaml/pseudo_qa.jsonl")]
-    checked = [(p["answer"] == truth[k], prior.get(p["question"]) == truth[k])
-               for p in kept if (k := (p["media"]["id"], p["question"])) in truth]
+    answers: dict[str, Counter] = defaultdict(Counter)
+    for e in train:  # by question text: pseudo pairs carry no template
+        answers[e.question][e.answer] += 1
+    prior = {q: majority(c) for q, c in answers.items()}
+    kept = load_records(f"{run_dir}/pseudo_qa/leaml/pseudo_qa.jsonl", VQAExample)
+    checked = [(p.answer == truth[k], prior.get(p.question) == truth[k])
+               for p in kept if (k := (p.media.id, p.question)) in truth]
     n = max(1, len(checked))
     return {"kept": len(kept), "checked": len(checked), "agree": sum(a for a, _ in checked) / n,
             "prior_agree": sum(b for _, b in checked) / n}
-
-
-def _answers_by_question(train, counter):
-    out: dict = {}
-    for e in train:
-        out.setdefault(e.question, counter())[e.answer] += 1
-    return out
 
 
 def run_point(config: str, data_dir: str, out: str, override: list[str], rows: tuple[str, ...] = ROWS) -> dict:
