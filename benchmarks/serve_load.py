@@ -365,6 +365,21 @@ async def steady(load: Load, seconds: float, deployments: list[str], rss_every_s
     return samples
 
 
+async def until_busy(pid: int, window_s: float = 0.03, share: float = 0.5, timeout_s: float = 10.0) -> bool:
+    """Wait until ``pid`` spends ``share`` of a ``window_s`` window on the CPU: the replica is inside a
+    forward pass, so its batch is in flight. A kill at a random moment can fall between batches,
+    where no request is at the replica and nothing in flight is hit (seen once in CI)."""
+    import psutil
+
+    proc, t_end = psutil.Process(pid), time.perf_counter() + timeout_s
+    while time.perf_counter() < t_end:
+        c0 = sum(proc.cpu_times()[:2])
+        await asyncio.sleep(window_s)
+        if sum(proc.cpu_times()[:2]) - c0 >= share * window_s:
+            return True
+    return False
+
+
 async def kill_under_load(load: Load, deployment: str, kill_after_s: float, after_s: float,
                           max_outage_s: float) -> dict:
     """Load; ``kill_after_s`` in, SIGKILL the replica of ``deployment``; keep loading until a valid
@@ -372,6 +387,7 @@ async def kill_under_load(load: Load, deployment: str, kill_after_s: float, afte
     task = asyncio.create_task(load.run())
     await asyncio.sleep(kill_after_s)
     (victim,) = replica_pids(deployment)[:1]
+    await until_busy(victim)
     t_kill = load.now()
     os.kill(victim, signal.SIGKILL)
     recovered, replaced = None, None
