@@ -17,14 +17,13 @@ directory under ``--out``; a re-run resumes them.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 from leaml.pipeline.config import ROW_TITLES
+from leaml.records import EvalRow, EvalScores, load_json
 
 
-def run_seed(config: str, out: str, seed: int, extra: list[str]) -> dict[str, dict]:
-    from leaml import storage
+def run_seed(config: str, out: str, seed: int, extra: list[str]) -> dict[str, EvalScores]:
     from leaml.config import load_config
     from leaml.pipeline.config import PipelineConfig
     from leaml.pipeline.graph import Run, run_pipeline
@@ -35,21 +34,26 @@ def run_seed(config: str, out: str, seed: int, extra: list[str]) -> dict[str, di
     cfg = load_config(PipelineConfig, config, overrides)
     run_pipeline(cfg)
     run = Run(cfg)
-    return {r: json.loads(storage.read_text(run.eval_row(r)))["scores"] for r in cfg.rows}
+    return {r: load_json(run.eval_row(r), EvalRow).scores for r in cfg.rows}
 
 
-def summarise(per_seed: list[dict[str, dict]]) -> list[str]:
+def summarise(per_seed: list[dict[str, EvalScores]]) -> list[str]:
     rows = list(per_seed[0])
-    cats = sorted({c for s in per_seed for r in s.values() for c in r["categories"]})
+    cats = sorted({c for s in per_seed for r in s.values() for c in r.categories})
     head = f"{'method':<34}" + "".join(f"{c[:11]:>14}" for c in cats) + f"{'average':>16}{'no match':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = [_mean_std([s[r]["categories"].get(c, {}).get("accuracy", float("nan")) for s in per_seed]) for c in cats]
-        avg = _mean_std([s[r]["mean_of_categories"] for s in per_seed])
-        no_match = statistics.fmean(s[r].get("no_match_rate", 0.0) for s in per_seed)
+        cells = [_mean_std([_or_nan(s[r].accuracy(c)) for s in per_seed]) for c in cats]
+        avg = _mean_std([s[r].mean_of_categories for s in per_seed])
+        no_match = statistics.fmean(s[r].no_match_rate or 0.0 for s in per_seed)
         lines.append(f"{ROW_TITLES.get(r, r):<34}" + "".join(f"{x:>14}" for x in cells) + f"{avg:>16}"
                      + f"{100 * no_match:>9.1f}%")
     return lines
+
+
+def _or_nan(x: float | None) -> float:
+    # a category a seed's split lacks: nan, so its mean says so instead of counting it as 0
+    return float("nan") if x is None else x
 
 
 def _mean_std(xs: list[float]) -> str:
@@ -58,8 +62,8 @@ def _mean_std(xs: list[float]) -> str:
     return f"{100 * m:.1f}±{100 * s:.1f}"
 
 
-def gap(per_seed: list[dict[str, dict]]) -> list[str]:
-    avg = {r: [s[r]["mean_of_categories"] for s in per_seed] for r in per_seed[0]}
+def gap(per_seed: list[dict[str, EvalScores]]) -> list[str]:
+    avg = {r: [s[r].mean_of_categories for s in per_seed] for r in per_seed[0]}
     if not {"leaml", "full", "fully_supervised"} <= avg.keys():
         return ["(gap closure needs the leaml, full and fully_supervised rows)"]
     diffs = [l - f for l, f in zip(avg["leaml"], avg["full"])]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
+import tempfile
 import time
 
 import numpy as np
@@ -45,28 +45,30 @@ def truth_and_prior(data: str):
     return known, prior, truth
 
 
-def judge_setting(run: str, variant: str, overrides: dict, items: list, known: dict, threads: int) -> list[dict]:
+def judge_setting(run: str, variant: str, overrides: dict, items: list, known: dict, threads: int) -> list:
+    """The judged candidates of ``items`` under one setting: the pseudo-QA stage's stream, in this
+    process, in batches of 16."""
     from leaml.pipeline.qa_generator import QAGenConfig, QARequester
+    from leaml.records import PseudoCandidate
+    from leaml.streaming import StreamConfig, read_shards, run_sharded
 
     base = {"model": f"{run}/generators/{variant}", "n": 2, "replica_cpus": threads, "max_new_tokens": 40}
-    requester = QARequester({"local": {}}, QAGenConfig(**(base | overrides)).model_dump(), known)
-    rows = []
-    for i in range(0, len(items), 16):
-        chunk = items[i:i + 16]
-        batch = {k: np.array([it[k] for it in chunk]) for k in ("item_id", "uri", "kind", "media_root")}
-        rows += [r for rec in requester(batch)["records"] for r in json.loads(rec)]
-    return rows
+    kwargs = {"target": {"local": {}}, "cfg": QAGenConfig(**(base | overrides)).model_dump(), "known_templates": known}
+    with tempfile.TemporaryDirectory() as out:
+        run_sharded(items, QARequester, kwargs, out, f"pseudo-qa {variant}",
+                    StreamConfig(batch_size=16, shard_size=max(1, len(items))), engine="local")
+        return [PseudoCandidate.model_validate(r) for r in read_shards(out)]
 
 
-def summarise(rows: list[dict], prior: dict, truth: dict) -> dict:
-    kept = [r["example"] for r in rows if r["kept"]]
-    checked = [(e["answer"] == truth[k], prior[e["question"]] == truth[k])
-               for e in kept if (k := (e["media"]["id"], e["question"])) in truth]
-    valid = sum(r["kept"] or r["reason"].startswith("filter") for r in rows)
+def summarise(rows: list, prior: dict, truth: dict) -> dict:
+    kept = [r.example for r in rows if r.kept]
+    checked = [(e.answer == truth[k], prior[e.question] == truth[k])
+               for e in kept if (k := (e.media.id, e.question)) in truth]
+    valid = sum(r.kept or r.reason.startswith("filter") for r in rows)
     return {"candidates": len(rows), "valid": valid, "kept": len(kept), "checked": len(checked),
             "acc": float(np.mean([c[0] for c in checked])) if checked else float("nan"),
             "prior": float(np.mean([c[1] for c in checked])) if checked else float("nan"),
-            "questions": len({e["question"] for e in kept})}
+            "questions": len({e.question for e in kept})}
 
 
 def main() -> None:
@@ -83,10 +85,11 @@ def main() -> None:
         ap.error(f"no setting matches {args.settings}; labels: {[s[0] for s in SETTINGS]}")
 
     from leaml.records import MediaRef, load_records
+    from leaml.streaming import StreamItem
 
     data = f"{args.run}/data"
     known, prior, truth = truth_and_prior(data)
-    items = [{"item_id": r.id, "uri": r.uri, "kind": r.kind, "media_root": data}
+    items = [StreamItem(item_id=r.id, media=r, media_root=data)
              for r in load_records(f"{data}/unlabeled.jsonl", MediaRef)[:args.items]]
     head = f"{'generator':<10}{'setting':<26}{'valid':>8}{'kept':>8}{'checked':>9}{'acc %':>8}{'prior %':>9}{'questions':>11}{'s':>6}"
     lines = [head, "-" * len(head)]

@@ -58,16 +58,16 @@ def pseudo_agreement(run_dir: str, data_dir: str) -> dict:
 
 
 def run_point(config: str, data_dir: str, out: str, override: list[str], rows: tuple[str, ...] = ROWS) -> dict:
-    from leaml import storage
     from leaml.config import load_config
     from leaml.pipeline.config import PipelineConfig
     from leaml.pipeline.graph import Run, run_pipeline
+    from leaml.records import EvalRow, load_json
 
     cfg = load_config(PipelineConfig, config, [f"data_dir={data_dir}", f"run_dir={out}",
                                                f"rows=[{','.join(rows)}]", *override])
     run_pipeline(cfg)
     run = Run(cfg)
-    scores = {r: json.loads(storage.read_text(run.eval_row(r)))["scores"]["mean_of_categories"] for r in rows}
+    scores = {r: load_json(run.eval_row(r), EvalRow).scores.mean_of_categories for r in rows}
     gap = scores["fully_supervised"] - scores["full"]
     return {"scores": scores, "leaml_minus_full": scores["leaml"] - scores["full"],
             "gap_closure": (scores["leaml"] - scores["full"]) / gap if gap > 1e-9 else None,

@@ -533,31 +533,41 @@ def plan_generate(stage: str, key: str, source: str, batch: int, tokens: ItemTok
                      hints=[f"{key}.batch_size", f"{key} max_pixels"])
 
 
-def plan_vllm(cfg, source: str, frames: int) -> StagePlan:
-    """vLLM claims ``gpu_memory_utilization`` of each GPU: weights / tp, an activation reserve, and the
-    KV cache, which must hold at least one ``max_model_len`` sequence."""
-    c = cfg.captioner
+PROMPT_LOGPROB_BYTES = 8
+"""Per prompt token and vocabulary entry, what a prompt-log-probability step holds: the fp32 logits and
+their fp32 log-softmax (the QA generator's option scores on vLLM)."""
+
+
+def plan_vllm(stage: str, key: str, c, source: str, tokens: ItemTokens, new_tokens: int, replicas: int,
+              scoring: bool = False) -> StagePlan:
+    """vLLM claims ``gpu_memory_utilization`` of each GPU (``c``: the stage's :class:`VLLMSettings`):
+    weights / tp, an activation reserve, and the KV cache, which must hold at least one
+    ``max_model_len`` sequence of an item (``tokens``) + ``new_tokens``. ``scoring``: the engine
+    also returns prompt log-probabilities, full-vocabulary logits for up to
+    ``max_num_batched_tokens`` prompt tokens a step, added to the reserve (a profile run without
+    prompt log-probabilities does not see them)."""
     tp = c.tensor_parallel_size
     model = meta_model(source, torch.bfloat16)
     text = model.config.get_text_config()
-    tokens = item_tokens(model.config, c.media, frames, processor_max_pixels(source))
-    if frames > 1:  # sent as a video: Qwen2.5-VL merges frame pairs (temporal patch 2)
-        tokens = ItemTokens(tokens.text, math.ceil(frames / 2), tokens.per_frame, tokens.patches_per_frame)
     weights = sum(p.numel() for p in model.parameters()) * 2 // tp
     kv_one = c.max_model_len * _kv_bytes_per_token(text, 2, tp)
     batched = max(c.max_model_len, c.max_num_batched_tokens)
     reserve = batched * (4 * text.hidden_size + 3 * text.intermediate_size // tp) * 2 + GIB  # + CUDA graphs
-    replicas = c.autoscaling.get("max_replicas", 1) if c.num_replicas == "auto" else c.num_replicas
-    plan = StagePlan("caption (vLLM)", "captioner", source,
-                     f"bf16, tp {tp}, max_model_len {c.max_model_len} (item {tokens.total} tok)", weights,
-                     activations=kv_one, other=reserve, gpus=tp * replicas, claimed_fraction=c.gpu_memory_utilization,
-                     gpu_setting=_replica_setting("captioner", c),
-                     hints=["captioner.tensor_parallel_size", "captioner.max_model_len",
-                            "captioner.gpu_memory_utilization"])
-    if tokens.total + c.max_new_tokens > c.max_model_len:
-        plan.blocked = (f"an item is {tokens.total} tokens + {c.max_new_tokens} new, above captioner.max_model_len "
-                        f"({c.max_model_len}): raise it or lower captioner.media.max_pixels")
+    if scoring:
+        reserve += c.max_num_batched_tokens * text.vocab_size * PROMPT_LOGPROB_BYTES
+    hints = [f"{key}.tensor_parallel_size", f"{key}.max_model_len", f"{key}.gpu_memory_utilization"]
+    plan = StagePlan(stage, key, source, f"bf16, tp {tp}, max_model_len {c.max_model_len} (item {tokens.total} tok)",
+                     weights, activations=kv_one, other=reserve, gpus=tp * replicas,
+                     claimed_fraction=c.gpu_memory_utilization, gpu_setting=_replica_setting(key, c),
+                     hints=hints + ([f"{key}.max_num_batched_tokens"] if scoring else []))
+    if tokens.total + new_tokens > c.max_model_len:
+        plan.blocked = (f"an item is {tokens.total} tokens + {new_tokens} new, above {key}.max_model_len "
+                        f"({c.max_model_len}): raise it or lower {key}.media.max_pixels")
     return plan
+
+
+def _max_replicas(c) -> int:
+    return c.autoscaling.get("max_replicas", 1) if c.num_replicas == "auto" else c.num_replicas
 
 
 def _replica_setting(key: str, c) -> str:
@@ -589,21 +599,25 @@ def _plan_captioner(cfg, teacher: str) -> StagePlan:
     c = cfg.captioner
     source = c.model or teacher
     frames = _frames(cfg, c.num_frames)
+    tokens = item_tokens(model_config(source), c.media, frames, processor_max_pixels(source))
     if c.backend == "vllm":
-        return plan_vllm(cfg, source, frames)
-    replicas = c.autoscaling.get("max_replicas", 1) if c.num_replicas == "auto" else c.num_replicas
-    model_cfg = model_config(source)
-    return plan_generate("caption", "captioner", source, cfg.stream.batch_size,
-                         item_tokens(model_cfg, c.media, frames, processor_max_pixels(source)), c.max_new_tokens,
-                         math.ceil(c.replica_gpus) * replicas, gpu_setting=_replica_setting("captioner", c))
+        if frames > 1:  # sent as a video: Qwen2.5-VL merges frame pairs (temporal patch 2)
+            tokens = ItemTokens(tokens.text, math.ceil(frames / 2), tokens.per_frame, tokens.patches_per_frame)
+        return plan_vllm("caption (vLLM)", "captioner", c, source, tokens, c.max_new_tokens, _max_replicas(c))
+    return plan_generate("caption", "captioner", source, cfg.stream.batch_size, tokens, c.max_new_tokens,
+                         math.ceil(c.replica_gpus) * _max_replicas(c), gpu_setting=_replica_setting("captioner", c))
 
 
 def _plan_qagen(cfg, student: str, t: TrainConfig) -> StagePlan:
     q = cfg.qagen
-    replicas = q.autoscaling.get("max_replicas", 1) if q.num_replicas == "auto" else q.num_replicas
-    tokens = item_tokens(model_config(student), t.media, _frames(cfg, q.num_frames), processor_max_pixels(student))
+    frames = _frames(cfg, q.num_frames)
+    if q.backend == "vllm":  # a clip as its frames, one image each, as the generator trained: no merge
+        tokens = item_tokens(model_config(student), q.media, frames, processor_max_pixels(student))
+        return plan_vllm("pseudo-QA generation (vLLM)", "qagen", q, student, tokens, q.max_new_tokens,
+                         _max_replicas(q), scoring=q.filter != "none" or q.decoding == "constrained")
+    tokens = item_tokens(model_config(student), t.media, frames, processor_max_pixels(student))
     return plan_generate("pseudo-QA generation", "qagen", student, cfg.stream.batch_size * q.n, tokens,
-                         q.max_new_tokens, math.ceil(q.replica_gpus) * replicas, note=" (load_model default)",
+                         q.max_new_tokens, math.ceil(q.replica_gpus) * _max_replicas(q), note=" (load_model default)",
                          gpu_setting=_replica_setting("qagen", q))
 
 

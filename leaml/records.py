@@ -1,9 +1,11 @@
 """The one record schema every stage, loader and the REST API share.
 
 media reference -> VQA example / caption, plus the QA generator's target text
-``<q>Q<q><a>A<a>`` (paper Eq. 1) and a tolerant parser for it.
+``<q>Q<q><a>A<a>`` (paper Eq. 1) and a tolerant parser for it; and the handoffs between stages:
+judged pseudo-QA candidates, a sharded stage's counts (``_SUCCESS.json``), evaluated rows.
 
-I/O: JSONL (readable, diffable) and parquet, on a local path or ``s3://`` URI.
+I/O: JSONL (readable, diffable) and parquet, on a local path or ``s3://`` URI; one record as a
+JSON document (:func:`save_json` / :func:`load_json`).
 """
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Iterable, Literal, TypeVar
+from typing import ClassVar, Iterable, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from leaml import storage
 
@@ -25,11 +27,14 @@ OPTIONS_LEAD = " Choose one of the following options: "
 Q_TAG, A_TAG = "<q>", "<a>"
 
 
-class _Record(BaseModel):
+class Record(BaseModel):
+    """Base of every record: an unknown key is an error naming it, and a record never changes once
+    made (a stage that revises one makes a new one)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class MediaRef(_Record):
+class MediaRef(Record):
     """Where one image or video lives (local path, ``s3://`` URI or a path relative to a dataset)."""
 
     id: str = Field(min_length=1)
@@ -37,7 +42,7 @@ class MediaRef(_Record):
     kind: MediaKind = "image"
 
 
-class VQAExample(_Record):
+class VQAExample(Record):
     """One multiple-choice question about one media item.
 
     ``question`` is the bare question; ``options`` are listed separately and joined into the prompt
@@ -67,20 +72,138 @@ class VQAExample(_Record):
         return self
 
 
-class Caption(_Record):
+class Caption(Record):
     media_id: str = Field(min_length=1)
     text: str
     model: str = "unknown"
     meta: dict = Field(default_factory=dict)
 
 
-class ErrorRecord(_Record):
+class ErrorRecord(Record):
     """A media item a stage could not process, with why: inputs = outputs + errors."""
 
     media_id: str
     uri: str = ""
     stage: str
     reason: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage handoffs: what one stage writes and another reads
+
+
+class SparseRecord(Record):
+    """A record whose ``sparse`` fields are written only when set. Today's files leave such a key
+    out (a candidate the filter never scored, a row evaluated outside a run): writing ``null``
+    there would change every such file, and readers that test for the key."""
+
+    sparse: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_sparse(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None or k not in self.sparse}
+
+
+class CandidateScores(Record):
+    """The filter's view of a valid candidate: the generator's probability of its answer, and the
+    option the generator finds most likely."""
+
+    p_answer: float = Field(ge=0, le=1)
+    argmax: str
+
+
+class PseudoCandidate(SparseRecord):
+    """One sampled QA text for one media item, as judged (``pseudo_qa/<variant>/shard-*.jsonl``):
+    every candidate stays in the artifact; a dropped one says why."""
+
+    media_id: str = Field(min_length=1)
+    sample: int = Field(ge=0)
+    """Its index among the item's candidates (the seed of its pair's id)."""
+    text: str
+    """What the generator wrote (constrained decoding: the valid pair it drew)."""
+    kept: bool = False
+    reason: str = ""
+    """Why it was dropped (``unparsable: ...``, ``unknown question``, ``duplicate``, ``filter: ...``)."""
+    example: VQAExample | None = None
+    """The pair its text makes, once that is valid (the filter may still drop it)."""
+    scores: CandidateScores | None = None
+    """Set when a filter scored it."""
+
+    sparse: ClassVar[tuple[str, ...]] = ("scores",)
+
+    @model_validator(mode="after")
+    def _kept_has_its_pair_and_dropped_says_why(self) -> "PseudoCandidate":
+        if self.kept and (self.example is None or self.reason):
+            raise ValueError("a kept candidate has its example and no reason")
+        if not self.kept and not self.reason:
+            raise ValueError("a dropped candidate says why it was dropped (reason)")
+        return self
+
+
+class StreamCounts(Record):
+    """What a sharded stage holds: every input is an item with records, or an error row."""
+
+    inputs: int = Field(ge=0)
+    errors: int = Field(ge=0)
+    records: int = Field(ge=0)
+
+
+class CaptionStats(StreamCounts):
+    """``captions/_SUCCESS.json``: the stream's counts and how its captions were decoded."""
+
+    decoding: dict
+
+
+class PseudoQAStats(StreamCounts):
+    """``pseudo_qa/<variant>/_SUCCESS.json``: the stream's counts and what the judge made of the
+    candidates."""
+
+    candidates: int = Field(ge=0)
+    kept: int = Field(ge=0)
+    dropped: dict[str, int]
+    """Dropped candidates by the head of their reason (``unparsable``, ``duplicate``, ``filter``, ...)."""
+
+
+class CategoryScore(Record):
+    accuracy: float = Field(ge=0, le=1)
+    n: int = Field(ge=1)
+
+
+class EvalScores(SparseRecord):
+    """One model's accuracy on a split (fractions in [0, 1]), as
+    :func:`leaml.evaluate.matching.score_predictions` counts it."""
+
+    categories: dict[str, CategoryScore]
+    mean_of_categories: float = Field(ge=0, le=1)
+    """The paper's "Average"; on a real benchmark the mean over its columns only."""
+    overall: float = Field(ge=0, le=1)
+    """Accuracy over all questions."""
+    n: int = Field(ge=0)
+    no_match_rate: float | None = Field(None, ge=0, le=1)
+    """Share of answers that match no option; rows scored before it was counted have none."""
+    mean_of_all_categories: float | None = Field(None, ge=0, le=1)
+    """Set once the Average is restricted to a benchmark's columns: the mean over every category."""
+
+    sparse: ClassVar[tuple[str, ...]] = ("no_match_rate", "mean_of_all_categories")
+
+    def accuracy(self, category: str) -> float | None:
+        """The accuracy on ``category``; None when the split has no question of it."""
+        found = self.categories.get(category)
+        return None if found is None else found.accuracy
+
+
+class EvalRow(SparseRecord):
+    """One evaluated model: ``eval/rows/<row>.json`` of a run, and each row of ``report.json``."""
+
+    method: str
+    """Its label in the report."""
+    model: str
+    """The checkpoint it answered with."""
+    scores: EvalScores
+    row: str | None = None
+    """The run's row name (``full``, ``leaml``, ...); none when evaluated outside a run."""
+
+    sparse: ClassVar[tuple[str, ...]] = ("row",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +301,20 @@ def load_jsonl(uri: str, model: type[R]) -> list[R]:
         except Exception as e:  # noqa: BLE001 - re-raised with the location
             raise ValueError(f"{uri}:{n}: not a valid {model.__name__}: {e}") from e
     return out
+
+
+def save_json(uri: str, record: BaseModel, indent: int | None = None) -> None:
+    """One record as a JSON document: ``json.dumps`` of its JSON dump, so a stage's file keeps the
+    bytes it had before it was a record (pydantic's own JSON spaces and escapes differently)."""
+    storage.write_text(uri, json.dumps(record.model_dump(mode="json"), indent=indent))
+
+
+def load_json(uri: str, model: type[R]) -> R:
+    """One JSON document as a record; a bad one is an error naming the file and the field."""
+    try:
+        return model.model_validate_json(storage.read_text(uri))
+    except ValidationError as e:
+        raise ValueError(f"{uri}: not a valid {model.__name__}: {e}") from e
 
 
 def save_parquet(uri: str, records: Iterable[BaseModel]) -> int:

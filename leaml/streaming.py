@@ -2,9 +2,11 @@
 
 Captions, pseudo QA and evaluation all run on it:
 
+- :class:`StreamItem` is one input row: an item, its media and what its UDF needs besides; Ray Data
+  carries it as flat columns (:meth:`StreamItem.to_row`, read back by :meth:`StreamItem.from_row`).
 - :class:`MediaUDF` is the batch UDF base: it decodes each row's media (:func:`leaml.media.load_media`),
-  turns a row that does not decode into its error row, and hands the rest to ``process(refs, media,
-  rows)``, whose per-item :class:`ItemFailure` becomes that item's error row too.
+  turns a row that does not decode into its error row, and hands the rest to ``process(items,
+  media)``, whose per-item :class:`ItemFailure` becomes that item's error row too.
 - A model target (:class:`ModelTarget`) is where ``process`` sends its batches: a Ray Serve
   deployment (:class:`ServeTarget`, through its handle), a model object in this process
   (:class:`LocalTarget`), or :class:`FakeTarget`, a deterministic stand-in for tests. A UDF gets a
@@ -34,17 +36,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from leaml import storage
 from leaml.config import StrictModel
-from leaml.records import ErrorRecord, MediaRef
+from leaml.records import ErrorRecord, MediaRef, Record, StreamCounts, VQAExample
 
 log = logging.getLogger("leaml.streaming")
 
@@ -248,18 +251,57 @@ def connect_target(spec: dict, build_local: Callable[[dict], object]) -> ModelTa
 
 
 # ---------------------------------------------------------------------------------------------
-# The UDF base
+# The stream's rows, and the UDF base
 
 
-Result = list[dict] | ItemFailure
-"""What ``process`` gives per item: its output records (JSON-able), or why the model refused it."""
+class StreamItem(Record):
+    """One input row of a stream: an item, the media it decodes, and what its UDF needs besides."""
+
+    item_id: str = Field(min_length=1)
+    """Orders the shards; unique in a stream (a media id; evaluation: the question's position)."""
+    media: MediaRef
+    media_root: str = ""
+    """What a relative ``media.uri`` is relative to ("" for none)."""
+    report: str | None = None
+    """The media's own free text (what the captioner's ``reports`` backend captions with)."""
+    idx: int | None = None
+    """Evaluation: the position of ``example`` among the examples evaluated."""
+    example: VQAExample | None = None
+    """Evaluation: the question asked about ``media``."""
+
+    def to_row(self) -> dict:
+        """The item as the flat columns Ray Data carries. The example travels as its JSON text:
+        Arrow would make a struct column of it and reshape its free-form ``meta`` dicts."""
+        return {"item_id": self.item_id, "media_id": self.media.id, "uri": self.media.uri, "kind": self.media.kind,
+                "media_root": self.media_root, "report": self.report, "idx": self.idx,
+                "example": None if self.example is None else self.example.model_dump_json()}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "StreamItem":
+        """Inverse of :meth:`to_row`, from a batch row: its values may be numpy scalars, a column
+        of nulls comes back from Ray Data as NaNs, and the columns the stream adds (``shard``,
+        ``records``, ``error``) are not the item's."""
+        col = {k: _cell(v) for k, v in row.items()}
+        return cls.model_validate({
+            "item_id": col.get("item_id"), "media_root": col.get("media_root"), "report": col.get("report"),
+            "idx": col.get("idx"), "media": {"id": col.get("media_id"), "uri": col.get("uri"), "kind": col.get("kind")},
+            "example": None if col.get("example") is None else json.loads(col["example"])})
+
+
+def _cell(value: Any) -> Any:
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+Result = list[BaseModel] | ItemFailure
+"""What ``process`` gives per item: its output records, or why the model refused it."""
 
 
 class MediaUDF:
     """Batch UDF base, a plain class (``map_batches`` gets the class, the local loop an instance):
-    rows ``{item_id, uri, kind, media_root, ...}`` -> the same rows plus ``records`` (a JSON list per
-    row) and ``error`` (empty when the row succeeded). Subclasses write :meth:`process`, and
-    :meth:`build_local` when they accept a ``{"local": ...}`` target."""
+    :class:`StreamItem` rows -> the same rows plus ``records`` (a JSON list per row) and ``error``
+    (empty when the row succeeded). Subclasses write :meth:`process`, and :meth:`build_local` when
+    they accept a ``{"local": ...}`` target."""
 
     def __init__(self, target: dict, num_frames: int = 8, retry: dict | None = None):
         self.num_frames = num_frames
@@ -270,11 +312,8 @@ class MediaUDF:
         """The in-process model of a ``{"local": cfg}`` target."""
         raise NotImplementedError(f"{type(self).__name__} takes no local target")
 
-    def media_ref(self, row: dict) -> MediaRef:
-        return MediaRef(id=str(row["item_id"]), uri=str(row["uri"]), kind=str(row["kind"]))
-
-    def process(self, refs: list[MediaRef], media: list[list], rows: list[dict]) -> list[Result]:
-        """One :data:`Result` per decoded item (``rows``: their input rows), in order."""
+    def process(self, items: list[StreamItem], media: list[list]) -> list[Result]:
+        """One :data:`Result` per decoded item (``media``: its frames), in order."""
         raise NotImplementedError
 
     def isolating(self, fn: Callable[[list[int]], Sequence], n: int) -> list:
@@ -285,24 +324,22 @@ class MediaUDF:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from leaml.media import load_media
 
-        rows = list(_rows(batch))
-        records, errors = [""] * len(rows), [""] * len(rows)
-        ok, refs, media = [], [], []
-        for i, row in enumerate(rows):
-            ref = self.media_ref(row)
+        items = [StreamItem.from_row(row) for row in _rows(batch)]
+        records, errors = [""] * len(items), [""] * len(items)
+        ok, media = [], []
+        for i, item in enumerate(items):
             try:
-                media.append(load_media(ref, num_frames=self.num_frames, root=str(row["media_root"]) or None))
+                media.append(load_media(item.media, num_frames=self.num_frames, root=item.media_root or None))
             except Exception as e:  # noqa: BLE001 - any unreadable item goes to the errors file
                 errors[i] = f"{type(e).__name__}: {e}"
                 continue
             ok.append(i)
-            refs.append(ref)
         if ok:
-            for i, got in zip(ok, self.process(refs, media, [rows[i] for i in ok]), strict=True):
+            for i, got in zip(ok, self.process([items[i] for i in ok], media), strict=True):
                 if isinstance(got, ItemFailure):  # the model refused this item: its error row, the rest kept
                     errors[i] = got.reason
                 else:
-                    records[i] = json.dumps(got)
+                    records[i] = json.dumps([r.model_dump(mode="json") for r in got])
         return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
 
 
@@ -314,15 +351,15 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.jsonl"
 
 
-def plan_shards(items: list[dict], shard_size: int) -> dict[int, list[dict]]:
-    """id-sorted items -> {shard index: rows}; each row carries its shard and position."""
-    items = sorted(items, key=lambda r: r["item_id"])
-    ids = [r["item_id"] for r in items]
+def plan_shards(items: Sequence[StreamItem], shard_size: int) -> dict[int, list[dict]]:
+    """id-sorted items -> {shard index: their rows}; each row carries its shard."""
+    items = sorted(items, key=lambda it: it.item_id)
+    ids = [it.item_id for it in items]
     if len(set(ids)) != len(ids):
         raise ValueError("item ids repeat; shards would not be idempotent")
     shards: dict[int, list[dict]] = defaultdict(list)
-    for i, row in enumerate(items):
-        shards[i // shard_size].append({**row, "shard": i // shard_size})
+    for i, item in enumerate(items):
+        shards[i // shard_size].append({**item.to_row(), "shard": i // shard_size})
     return dict(shards)
 
 
@@ -344,12 +381,13 @@ def pending_shards(out_dir: str, shards: dict[int, list[dict]]) -> dict[int, lis
     return {k: rows for k, rows in shards.items() if shard_name(k) not in done}
 
 
-def run_sharded(items: list[dict], udf_cls: type, udf_kwargs: dict, out_dir: str, stage: str,
-                cfg: StreamConfig | None = None, *, engine: Engine, key: dict | None = None) -> dict:
-    """Process ``items`` (dicts with ``item_id`` plus UDF payload columns) into sharded outputs.
+def run_sharded(items: Sequence[StreamItem], udf_cls: type, udf_kwargs: dict, out_dir: str, stage: str,
+                cfg: StreamConfig | None = None, *, engine: Engine, key: dict | None = None) -> StreamCounts:
+    """Process ``items`` into sharded outputs.
 
-    ``udf_cls(**udf_kwargs)(batch)`` gets a column batch and returns it with ``records`` (a JSON
-    list per row) and ``error`` (empty when the row succeeded), as :class:`MediaUDF` does. ``key``:
+    ``udf_cls(**udf_kwargs)(batch)`` gets a column batch of :meth:`StreamItem.to_row` rows and
+    returns it with ``records`` (a JSON list per row) and ``error`` (empty when the row
+    succeeded), as :class:`MediaUDF` does. ``key``:
     what else the output depends on (a model's digest, its settings); shards written under another
     key, shard size or item set are removed first. Returns counts for the whole stage.
     """
@@ -368,8 +406,8 @@ def run_sharded(items: list[dict], udf_cls: type, udf_kwargs: dict, out_dir: str
 PLAN_FILE = "_stream.json"
 
 
-def _ids_digest(items: list[dict]) -> str:
-    return hashlib.sha256("\n".join(sorted(str(r["item_id"]) for r in items)).encode()).hexdigest()
+def _ids_digest(items: Sequence[StreamItem]) -> str:
+    return hashlib.sha256("\n".join(sorted(it.item_id for it in items)).encode()).hexdigest()
 
 
 def _claim(out_dir: str, plan: dict, stage: str) -> None:
@@ -434,20 +472,24 @@ def _write_shards(results, todo: dict[int, list[dict]], out_dir: str, stage: str
 def _write_one(out_dir: str, k: int, rows: list[dict], stage: str) -> None:
     rows = sorted(rows, key=lambda r: r["item_id"])
     records = [rec for r in rows if not r["error"] for rec in json.loads(r["records"])]
-    # a row may name its media apart from its item id (evaluation: items are questions)
-    errors = [ErrorRecord(media_id=str(r.get("media_id") or r["item_id"]), uri=str(r.get("uri", "")), stage=stage,
-                          reason=str(r["error"])) for r in rows if r["error"]]
+    errors = [_error_record(r, stage) for r in rows if r["error"]]
     # errors first: a shard's records file is the marker that the whole shard is done
     storage.write_text(storage.join(out_dir, "errors", shard_name(k)),
                        "".join(e.model_dump_json() + "\n" for e in errors))
     storage.write_text(storage.join(out_dir, shard_name(k)), "".join(json.dumps(r) + "\n" for r in records))
 
 
-def stage_counts(out_dir: str, n_inputs: int) -> dict:
+def _error_record(row: dict, stage: str) -> ErrorRecord:
+    # named by the item's media, not its item id (evaluation: items are questions about media)
+    media = StreamItem.from_row(row).media
+    return ErrorRecord(media_id=media.id, uri=media.uri, stage=stage, reason=str(row["error"]))
+
+
+def stage_counts(out_dir: str, n_inputs: int) -> StreamCounts:
     records, errors = _shard_files(out_dir)
     n_err = sum(len(storage.read_text(f).splitlines()) for f in errors)
     n_rec = sum(len(storage.read_text(f).splitlines()) for f in records)
-    return {"inputs": n_inputs, "errors": n_err, "records": n_rec}
+    return StreamCounts(inputs=n_inputs, errors=n_err, records=n_rec)
 
 
 def read_shards(out_dir: str) -> list[dict]:

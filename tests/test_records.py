@@ -1,19 +1,29 @@
-"""leaml.records: the schema's rules, the QA target format both ways, and JSONL/parquet I/O."""
+"""leaml.records: the schema's rules, the QA target format both ways, JSONL/parquet I/O, and the stage
+handoffs as today's artifacts hold them."""
 from __future__ import annotations
+
+import json
 
 import pytest
 from pydantic import ValidationError
 
 from leaml.records import (
     Caption,
+    CaptionStats,
     ErrorRecord,
+    EvalRow,
     MediaRef,
+    PseudoCandidate,
+    PseudoQAStats,
     QAParseError,
+    StreamCounts,
     VQAExample,
     format_qa_target,
+    load_json,
     load_records,
     parse_qa_target,
     question_with_options,
+    save_json,
     save_records,
     split_question_options,
 )
@@ -172,3 +182,73 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     path.write_text(good.replace('"answer":"paris ip"', '"answer":"paris is"') + "\n")
     with pytest.raises(ValueError, match=r"(?s)x\.jsonl:1: .*not one of the options"):
         load_records(str(path), VQAExample)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage handoffs: lines and documents as a demo run wrote them before they were records
+
+SCORED = ('{"media_id": "endo-train-00006", "sample": 0, "text": "<q>What color is the abnormality? Choose one of '
+          'the following options: pink|red|white|yellow|<q><a>white<a>", "kept": true, "reason": "", "example": '
+          '{"id": "pseudo/endo-train-00006/0", "media": {"id": "endo-train-00006", '
+          '"uri": "media/endo-train-00006.png", "kind": "image"}, "question": "What color is the abnormality?", "options": ["pink", "red", "white", '
+          '"yellow"], "answer": "white", "category": "pseudo", "split": "train", "source": "pseudo", "template": '
+          'null, "meta": {"sample": 0, "generator": "runs/demo/generators/leaml", "options_repaired": false}}, '
+          '"scores": {"p_answer": 0.3033, "argmax": "white"}}')
+UNSCORED = ('{"media_id": "endo-train-00008", "sample": 1, "text": "<q>What color is the abnormality?<q><a>white<a>", '
+            '"kept": false, "reason": "duplicate", "example": null}')
+CAPTIONS_DONE = ('{"inputs": 320, "errors": 0, "records": 320, "decoding": {"backend": "transformers", "model": '
+                 '"assets/teacher", "do_sample": false, "max_new_tokens": 32, "num_frames": 8}}')
+PSEUDO_DONE = {"candidates": 640, "kept": 159, "dropped": {"filter": 415, "duplicate": 66}, "inputs": 320,
+               "errors": 0, "records": 640}
+EVAL_ROW = {"method": "Zero-shot (student)", "model": "assets/student", "scores": {
+    "categories": {"colitis": {"accuracy": 0.08666666666666667, "n": 300},
+                   "polyps": {"accuracy": 0.032679738562091505, "n": 459}},
+    "mean_of_categories": 0.0596732026143791, "overall": 0.05533596837944664, "n": 759, "no_match_rate": 0.6640625},
+    "row": "zero_shot_student"}
+
+
+def test_todays_pseudo_candidates_validate_and_are_written_back_byte_for_byte():
+    for line in (SCORED, UNSCORED):
+        candidate = PseudoCandidate.model_validate_json(line)
+        assert json.dumps(candidate.model_dump(mode="json")) == line  # a shard line, as _write_one writes it
+    scored, unscored = PseudoCandidate.model_validate_json(SCORED), PseudoCandidate.model_validate_json(UNSCORED)
+    assert scored.example.media.id == "endo-train-00006" and scored.scores.argmax == "white"
+    assert unscored.example is None and unscored.scores is None and "scores" not in unscored.model_dump()
+
+
+def test_stage_documents_round_trip_as_they_are_on_disk(tmp_path):
+    for name, text, model, indent in [("captions.json", CAPTIONS_DONE, CaptionStats, None),
+                                      ("row.json", json.dumps(EVAL_ROW, indent=2), EvalRow, 2)]:
+        (tmp_path / name).write_text(text)
+        record = load_json(str(tmp_path / name), model)
+        save_json(str(tmp_path / f"again-{name}"), record, indent=indent)
+        assert (tmp_path / f"again-{name}").read_text() == text
+    (tmp_path / "pseudo.json").write_text(json.dumps(PSEUDO_DONE, indent=2))
+    stats = load_json(str(tmp_path / "pseudo.json"), PseudoQAStats)
+    assert stats.model_dump() == PSEUDO_DONE and stats.dropped == {"filter": 415, "duplicate": 66}
+    counts = StreamCounts(inputs=3, errors=1, records=2)
+    assert StreamCounts.model_validate(counts.model_dump()) == counts
+    assert CaptionStats(**counts.model_dump(), decoding={}).model_dump() == counts.model_dump() | {"decoding": {}}
+
+
+def test_an_eval_row_of_an_older_shape_keeps_its_shape():
+    # `leaml evaluate` rows carry no run row, and rows scored before the no-match share was counted lack it
+    old = json.loads(json.dumps(EVAL_ROW))
+    del old["row"], old["scores"]["no_match_rate"]
+    row = EvalRow.model_validate(old)
+    assert row.row is None and row.scores.no_match_rate is None and row.model_dump() == old
+    assert row.scores.accuracy("polyps") == pytest.approx(0.0327, abs=1e-4) and row.scores.accuracy("normal") is None
+
+
+def test_a_bad_stage_document_is_an_error_naming_file_and_field(tmp_path):
+    bad = json.loads(json.dumps(EVAL_ROW))
+    bad["scores"]["categories"]["polyps"]["accuracy"] = "high"
+    (tmp_path / "row.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"(?s)row\.json: not a valid EvalRow.*scores\.categories\.polyps\.accuracy"):
+        load_json(str(tmp_path / "row.json"), EvalRow)
+    (tmp_path / "pseudo.json").write_text(json.dumps({k: v for k, v in PSEUDO_DONE.items() if k != "kept"}))
+    with pytest.raises(ValueError, match=r"(?s)pseudo\.json: not a valid PseudoQAStats.*kept"):
+        load_json(str(tmp_path / "pseudo.json"), PseudoQAStats)
+    with pytest.raises(ValidationError, match="scores.p_answer"):
+        PseudoCandidate.model_validate_json(SCORED.replace('"p_answer": 0.3033', '"p_answer": 3.0'))

@@ -21,8 +21,9 @@ from typing import Literal
 from pydantic import Field
 
 from leaml.config import StrictModel
-from leaml.records import MediaRef, VQAExample
-from leaml.streaming import Engine, ItemFailure, MediaUDF, StreamConfig, read_errors, read_shards, run_sharded
+from leaml.records import Record, VQAExample
+from leaml.streaming import (Engine, ItemFailure, MediaUDF, StreamConfig, StreamItem, read_errors, read_shards,
+                             run_sharded)
 from leaml.train.config import MediaCaps
 
 
@@ -94,9 +95,17 @@ class VQAAnswerer:
                                        max_new_tokens=max_new_tokens)]
 
 
+class Answer(Record):
+    """What the model answered to the ``idx``-th example (a record of the evaluation stream)."""
+
+    idx: int = Field(ge=0)
+    generation: str
+    """The greedy answer, or under ``scoring="options"`` the most likely option."""
+
+
 class VQARequester(MediaUDF):
-    """Stream UDF: rows ``{item_id, idx, example, media_root}`` -> ``{"idx", "generation"}`` records:
-    the greedy answer, or under ``scoring="options"`` the most likely option."""
+    """Stream UDF: :class:`~leaml.streaming.StreamItem` rows with their ``idx`` and ``example`` ->
+    an :class:`Answer` each."""
 
     def __init__(self, target: dict, num_frames: int = 8, retry: dict | None = None, scoring: str = "generate",
                  max_new_tokens: int = 12):
@@ -106,13 +115,10 @@ class VQARequester(MediaUDF):
     def build_local(self, cfg: dict) -> VQAAnswerer:
         return VQAAnswerer(cfg)
 
-    def media_ref(self, row: dict) -> MediaRef:
-        return VQAExample.model_validate_json(row["example"]).media
-
-    def process(self, refs: list[MediaRef], media: list[list], rows: list[dict]) -> list:
+    def process(self, items: list[StreamItem], media: list[list]) -> list:
         from leaml.prompts import vqa_prompt
 
-        examples = [VQAExample.model_validate_json(r["example"]) for r in rows]
+        examples = [it.example for it in items]
         prompts = [vqa_prompt(ex.question, ex.options) for ex in examples]
         # scoring="generate": the options are in the prompt but the answer is written, not picked.
         options = [ex.options if self.scoring == "options" else [] for ex in examples]
@@ -121,8 +127,8 @@ class VQARequester(MediaUDF):
             return self.target.call("answer", [media[j] for j in idx], [prompts[j] for j in idx],
                                     [options[j] for j in idx], self.max_new_tokens)
 
-        return [got if isinstance(got, ItemFailure) else [{"idx": int(row["idx"]), "generation": got}]
-                for row, got in zip(rows, self.isolating(answer, len(rows)))]
+        return [got if isinstance(got, ItemFailure) else [Answer(idx=it.idx, generation=got)]
+                for it, got in zip(items, self.isolating(answer, len(items)))]
 
 
 def run_inference(examples: list[VQAExample], model_uri: str, media_root: str, cfg: InferenceSettings | None = None,
@@ -143,18 +149,18 @@ def run_inference(examples: list[VQAExample], model_uri: str, media_root: str, c
 def _answer_stream(examples: list[VQAExample], model_uri: str, media_root: str, cfg: InferenceSettings,
                    engine: Engine, out: str, stage: str, key: dict | None) -> list[str]:
     # the item id orders the shards as the examples are ordered (ids of examples may repeat)
-    rows = [{"item_id": f"{i:09d}", "idx": i, "media_id": ex.media.id, "uri": ex.media.uri,
-             "media_root": media_root, "example": ex.model_dump_json()} for i, ex in enumerate(examples)]
+    items = [StreamItem(item_id=f"{i:09d}", idx=i, media=ex.media, media_root=media_root, example=ex)
+             for i, ex in enumerate(examples)]
     target = {"local": {"model": model_uri, "device": cfg.device, "torch_threads": _threads(cfg),
                         "media": cfg.media.model_dump()}}
     stream = StreamConfig(batch_size=cfg.batch_size, shard_size=cfg.shard_size, num_actors=cfg.num_actors,
                           min_actors=cfg.num_actors, actor_cpus=cfg.actor_cpus, actor_gpus=cfg.actor_gpus)
     kwargs = dict(target=target, num_frames=cfg.num_frames, scoring=cfg.scoring, max_new_tokens=cfg.max_new_tokens)
-    counts = run_sharded(rows, VQARequester, kwargs, out, stage, stream, engine=engine, key=key)
-    if counts["errors"]:
-        print(f"[{stage}] WARNING: {counts['errors']} of {counts['inputs']} questions failed and count as wrong; "
+    counts = run_sharded(items, VQARequester, kwargs, out, stage, stream, engine=engine, key=key)
+    if counts.errors:
+        print(f"[{stage}] WARNING: {counts.errors} of {counts.inputs} questions failed and count as wrong; "
               f"why: {out}/errors/ ({read_errors(out)[0].reason[:200]} ...)", flush=True)
-    answers = {r["idx"]: r["generation"] for r in read_shards(out)}
+    answers = {a.idx: a.generation for a in map(Answer.model_validate, read_shards(out))}
     return [answers.get(i, "") for i in range(len(examples))]
 
 

@@ -14,7 +14,7 @@ from leaml.config import StrictModel
 from leaml.evaluate.inference import InferenceConfig, InferenceSettings, run_inference, save_predictions
 from leaml.evaluate.matching import score_predictions
 from leaml.evaluate.report import write_report
-from leaml.records import VQAExample, load_records
+from leaml.records import EvalRow, EvalScores, VQAExample, load_records
 from leaml.streaming import Engine
 
 REPORT_CATEGORIES = ["colitis", "esophagitis", "instrument", "polyps", "normal", "easy", "medium", "hard"]
@@ -52,12 +52,13 @@ def stream_dir(out_dir: str, name: str) -> str:
 
 
 def evaluate_model(examples: list[VQAExample], model: ModelUnderTest, data_dir: str, out_dir: str,
-                   settings: InferenceSettings, *, engine: Engine) -> dict:
-    """Answer ``examples`` with ``model`` -> ``predictions-<name>.jsonl`` in ``out_dir``; its scores."""
+                   settings: InferenceSettings, *, engine: Engine) -> EvalRow:
+    """Answer ``examples`` with ``model`` -> ``predictions-<name>.jsonl`` in ``out_dir``; its row of scores."""
     gens = run_inference(examples, model.uri, data_dir, settings, engine=engine,
                          stream_dir=stream_dir(out_dir, model.name), stage=f"evaluate {model.name}")
     save_predictions(storage.join(out_dir, f"predictions-{_slug(model.name)}.jsonl"), examples, gens)
-    return {"method": model.name, "model": model.uri, "scores": score_predictions(examples, gens)}
+    scores = EvalScores.model_validate(score_predictions(examples, gens))
+    return EvalRow(method=model.name, model=model.uri, scores=scores)
 
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, str]:

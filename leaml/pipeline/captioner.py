@@ -1,8 +1,9 @@
 """Captioning stage: unlabeled media -> teacher captions (``captions/shard-*.jsonl`` of Caption).
 
 - :class:`Captioner` is the model side, a plain class: ``transformers`` (any image-text-to-text
-  checkpoint, greedy so captioning twice gives the same text), ``vllm`` (GPU clusters; optional
-  import, not exercised on CPU) or ``reports`` (media that already come with free text).
+  checkpoint, greedy so captioning twice gives the same text), ``vllm`` (GPU clusters: the engine of
+  :mod:`leaml.models.vllm_engine`, a clip sent as one video; optional import, not exercised on CPU)
+  or ``reports`` (media that already come with free text).
   :func:`build_captioner_app` wraps it in a Ray Serve deployment with autoscaling settings.
 - :class:`CaptionRequester` is the stream's side (a :class:`leaml.streaming.MediaUDF`: a corrupt
   file becomes an error row, the stream goes on) and sends each batch to its model target; an item
@@ -12,19 +13,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings
+from leaml.models.vllm_engine import VLLMSettings
+from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings, StreamItem
 from leaml.train.config import MediaCaps
 
 APP_NAME = "leaml-captioner"
 DEPLOYMENT_NAME = "Captioner"
 
 
-class CaptionerConfig(ReplicaSettings):
+class CaptionerConfig(ReplicaSettings, VLLMSettings):
     """The teacher captioner; its replica settings (``num_replicas``, ``autoscaling``, ``replica_*``)
-    are :class:`~leaml.streaming.ReplicaSettings`."""
+    are :class:`~leaml.streaming.ReplicaSettings`, its vLLM engine's (``tensor_parallel_size``,
+    ``max_model_len``, ...) :class:`~leaml.models.vllm_engine.VLLMSettings`."""
 
     backend: Literal["transformers", "vllm", "reports"] = "transformers"
     model: str = ""
@@ -33,20 +35,8 @@ class CaptionerConfig(ReplicaSettings):
     num_frames: int = Field(8, ge=1)
     device: str = "auto"
     """transformers backend: where the model runs (``auto``: the replica's GPU if it has one)."""
-    tensor_parallel_size: int = Field(1, ge=1)
-    """vLLM only: GPUs per engine (the 72B teacher wants 4-8)."""
     media: MediaCaps = MediaCaps()
     """Pixels per frame and text caps (transformers: the processor; vLLM: ``mm_processor_kwargs``)."""
-    max_model_len: int = Field(8192, ge=256)
-    """vLLM: the longest prompt + caption; the KV cache must hold one such sequence (the memory plan
-    checks it, and that an item at the media caps fits in it)."""
-    max_num_batched_tokens: int = Field(8192, ge=256)
-    """vLLM: tokens one engine step prefills (bounds its activation memory)."""
-    gpu_memory_utilization: float = Field(0.90, gt=0, le=0.98)
-    """vLLM: the fraction of each GPU the engine claims (weights + activations + KV cache)."""
-    distributed_executor_backend: Literal["ray", "mp"] | None = None
-    """vLLM: how an engine spans its tensor-parallel GPUs. None: ``ray`` when tensor_parallel_size > 1,
-    since a Serve replica is a Ray actor and ``mp`` would fork workers outside Ray's placement."""
 
     def decoding(self) -> dict:
         """What makes a caption reproducible; recorded with every caption."""
@@ -56,14 +46,11 @@ class CaptionerConfig(ReplicaSettings):
     def deployment_options(self) -> dict:
         """The replica settings' Serve options; a tensor-parallel vLLM engine adds its placement group."""
         opts = super().deployment_options()
-        if _uses_ray_executor(self):
-            # vLLM's ray executor starts one Ray worker per GPU inside the replica's placement group
-            # (the Ray Serve LLM pattern): the replica itself takes no GPU, or it would hold all of them
-            # and the engine's workers would wait forever; STRICT_PACK keeps the engine on one node.
-            opts["ray_actor_options"]["num_gpus"] = 0
-            opts["placement_group_bundles"] = [{"CPU": self.replica_cpus}] + [{"GPU": 1}] * self.tensor_parallel_size
-            opts["placement_group_strategy"] = "STRICT_PACK"
-        return opts
+        return self.with_engine_placement(opts) if self.backend == "vllm" else opts
+
+    def vllm_engine_args(self) -> dict:
+        """``vllm.LLM(**args)`` of this captioner: one image or one video (a clip) per prompt."""
+        return self.engine_args(self.model, self.media, {"image": 1, "video": 1})
 
 
 class Captioner:
@@ -105,47 +92,20 @@ class _VLLMCaptioner:
     """vLLM engine for GPU clusters (e.g. Qwen2.5-VL-72B with tensor parallelism)."""
 
     def __init__(self, cfg: CaptionerConfig):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as e:  # the CPU install never has it
-            raise ImportError("backend 'vllm' needs the GPU image: pip install 'leaml[vllm]'") from e
-        self.llm = LLM(**vllm_engine_args(cfg))
+        from leaml.models.vllm_engine import VLLMEngine
+
+        self.engine = VLLMEngine(cfg.vllm_engine_args())
         # explicit, like batching.decoding_settings: greedy, no penalty whatever the checkpoint ships
-        self.params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_tokens=cfg.max_new_tokens)
+        self.params = self.engine.SamplingParams(temperature=0.0, repetition_penalty=1.0,
+                                                 max_tokens=cfg.max_new_tokens)
 
     def caption(self, media: list[list]) -> list[str]:
+        from leaml.models.vllm_engine import vllm_request
         from leaml.prompts import caption_prompt
 
-        tok = self.llm.get_tokenizer()
-        reqs = [vllm_request(tok, frames, caption_prompt()) for frames in media]
-        return [o.outputs[0].text.strip() for o in self.llm.generate(reqs, self.params)]
-
-
-def vllm_engine_args(cfg: CaptionerConfig) -> dict:
-    """``vllm.LLM(**args)`` of a captioner config: memory bounds, pixel caps, one video or image per prompt."""
-    backend = cfg.distributed_executor_backend or ("ray" if cfg.tensor_parallel_size > 1 else None)
-    pixels = {k: v for k, v in (("max_pixels", cfg.media.max_pixels), ("min_pixels", cfg.media.min_pixels)) if v}
-    args = dict(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, max_model_len=cfg.max_model_len,
-                max_num_batched_tokens=cfg.max_num_batched_tokens, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                limit_mm_per_prompt={"image": 1, "video": 1}, mm_processor_kwargs=pixels)
-    if backend:
-        args["distributed_executor_backend"] = backend
-    return args
-
-
-def vllm_request(tokenizer, frames: list, prompt: str) -> dict:
-    """One vLLM prompt: an image as an image, several frames as one video (Qwen2.5-VL's native video
-    path, which merges frame pairs), so a clip is not read as N unrelated images."""
-    kind = "video" if len(frames) > 1 else "image"
-    content = [{"type": kind}, {"type": "text", "text": prompt}]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
-    data = np.stack([np.asarray(f.convert("RGB")) for f in frames]) if kind == "video" else frames[0]
-    return {"prompt": text, "multi_modal_data": {kind: data}}
-
-
-def _uses_ray_executor(cfg: CaptionerConfig) -> bool:
-    return cfg.backend == "vllm" and vllm_engine_args(cfg).get("distributed_executor_backend") == "ray"
+        # the teacher is used as it ships: a clip goes as one video, its native video path
+        reqs = [vllm_request(self.engine.tokenizer, frames, caption_prompt(), video=True) for frames in media]
+        return [o.outputs[0].text.strip() for o in self.engine.generate(reqs, self.params)]
 
 
 def build_captioner_app(args: dict):
@@ -157,7 +117,8 @@ def build_captioner_app(args: dict):
 
 
 class CaptionRequester(MediaUDF):
-    """Stream UDF: rows ``{item_id, uri, kind, media_root[, report]}`` -> Caption records or errors.
+    """Stream UDF: :class:`~leaml.streaming.StreamItem` rows (with a ``report`` for the reports
+    backend) -> Caption records or errors.
 
     ``target`` is ``{"serve": {"app": ..., "deployment": ...[, "model", "decoding"]}}`` (the product
     path; ``model`` and ``decoding`` describe the served captioner in every record) or ``{"local":
@@ -177,19 +138,22 @@ class CaptionRequester(MediaUDF):
     def build_local(self, cfg: dict) -> Captioner:
         return Captioner(cfg)
 
-    def process(self, refs: list, media: list, rows: list[dict]) -> list:
+    def process(self, items: list[StreamItem], media: list) -> list:
         from leaml.records import Caption
 
+        # a stream that carries no report sends none: the model backends caption the pixels
+        with_reports = any(it.report is not None for it in items)
+
         def caption(idx: list[int]) -> list[str]:
-            reports = [rows[j]["report"] for j in idx] if "report" in rows[0] else None
+            reports = [items[j].report for j in idx] if with_reports else None
             return self.target.call("caption", [media[j] for j in idx], reports)
 
         out = []
-        for ref, row, text in zip(refs, rows, self.isolating(caption, len(refs))):
+        for item, text in zip(items, self.isolating(caption, len(items))):
             if isinstance(text, ItemFailure):
                 out.append(text)
                 continue
-            cap = Caption(media_id=ref.id, text=text, model=self.model_name,
-                          meta={"uri": str(row["uri"]), "kind": str(row["kind"]), "decoding": self.decoding})
-            out.append([cap.model_dump()])
+            ref = item.media
+            out.append([Caption(media_id=ref.id, text=text, model=self.model_name,
+                                meta={"uri": ref.uri, "kind": ref.kind, "decoding": self.decoding})])
         return out

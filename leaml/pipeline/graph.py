@@ -33,8 +33,9 @@ from leaml import storage
 from leaml.config import dump_config
 from leaml import fingerprint as fp
 from leaml.pipeline.config import ROW_TITLES, PipelineConfig
-from leaml.records import MediaRef, VQAExample, load_records, save_records
-from leaml.streaming import SERVING_KNOBS
+from leaml.records import (CaptionStats, EvalRow, MediaRef, PseudoCandidate, PseudoQAStats, StreamCounts, VQAExample,
+                           load_json, load_records, save_json, save_records)
+from leaml.streaming import SERVING_KNOBS, StreamItem
 from leaml.train.config import TrainConfig
 from leaml.train.data import DataSpec
 from leaml.train.loop import TrainJob
@@ -211,9 +212,9 @@ def stage_base(run: Run, role: str) -> Stage:
                  after=_world_after(run), format=FORMATS["base"])
 
 
-def unlabeled_items(run: Run) -> list[dict]:
+def unlabeled_items(run: Run) -> list[StreamItem]:
     refs = load_records(storage.join(run.data, "unlabeled.jsonl"), MediaRef)[:run.cfg.unlabeled_limit]
-    return [{"item_id": r.id, "uri": r.uri, "kind": r.kind, "media_root": run.data} for r in refs]
+    return [StreamItem(item_id=r.id, media=r, media_root=run.data) for r in refs]
 
 
 def stage_captions(run: Run) -> Stage:
@@ -232,7 +233,7 @@ def stage_captions(run: Run) -> Stage:
                                   "retry": run.cfg.stream.retry.model_dump()}, out, "caption", run.cfg.stream,
                                  engine=run.cfg.engine)
         _merge_captions(run)  # here, not in a generator: what the generators read is this stage's output
-        storage.write_text(storage.join(out, "_SUCCESS.json"), json.dumps(counts | {"decoding": ccfg.decoding()}))
+        save_json(storage.join(out, "_SUCCESS.json"), CaptionStats(**counts.model_dump(), decoding=ccfg.decoding()))
 
     own_model = run.cfg.captioner.model
     return Stage("caption", storage.join(out, "_SUCCESS.json"), go,
@@ -317,13 +318,12 @@ def stage_pseudo_qa(run: Run, variant: str) -> Stage:
                                  {"target": target, "cfg": qcfg.model_dump(), "known_templates": known_templates(run),
                                   "retry": run.cfg.stream.retry.model_dump()},
                                  out, f"pseudo-qa {variant}", run.cfg.stream, engine=run.cfg.engine)
-        rows = read_shards(out)
-        kept = [VQAExample.model_validate(r["example"]) for r in rows if r["kept"]]
-        save_records(storage.join(out, "pseudo_qa.jsonl"), kept)
-        stats = pseudo_stats(rows) | counts
-        storage.write_text(storage.join(out, "_SUCCESS.json"), json.dumps(stats, indent=2))
-        print(f"[pseudo-qa {variant}] kept {stats['kept']}/{stats['candidates']} candidates; "
-              f"dropped by reason: {stats['dropped']}", flush=True)
+        rows = [PseudoCandidate.model_validate(r) for r in read_shards(out)]
+        save_records(storage.join(out, "pseudo_qa.jsonl"), [r.example for r in rows if r.kept])
+        stats = pseudo_stats(rows, counts)
+        save_json(storage.join(out, "_SUCCESS.json"), stats, indent=2)
+        print(f"[pseudo-qa {variant}] kept {stats.kept}/{stats.candidates} candidates; "
+              f"dropped by reason: {stats.dropped}", flush=True)
 
     return Stage(f"pseudo-qa {variant}", storage.join(out, "_SUCCESS.json"), go,
                  config={"qagen": _scheduling_free(run.cfg.qagen, "model", *SERVING_KNOBS),
@@ -334,11 +334,12 @@ def stage_pseudo_qa(run: Run, variant: str) -> Stage:
                  after=_world_after(run) + (f"generator {variant}",), outputs=(out,), format=FORMATS["pseudo-qa"])
 
 
-def pseudo_stats(rows: list[dict]) -> dict:
+def pseudo_stats(rows: list[PseudoCandidate], counts: StreamCounts) -> PseudoQAStats:
     from collections import Counter
 
-    reasons = Counter(r["reason"].split(":")[0] for r in rows if not r["kept"])
-    return {"candidates": len(rows), "kept": sum(r["kept"] for r in rows), "dropped": dict(reasons)}
+    reasons = Counter(r.reason.split(":")[0] for r in rows if not r.kept)
+    return PseudoQAStats(**counts.model_dump(), candidates=len(rows), kept=sum(r.kept for r in rows),
+                         dropped=dict(reasons))
 
 
 def stage_vqa(run: Run, row: str) -> Stage:
@@ -393,8 +394,8 @@ def stage_eval_row(run: Run, row: str) -> Stage:
         model = ModelUnderTest(name=ROW_TITLES[row], uri=row_model(run, row))
         result = evaluate_model(load_split(run.data, "test", run.cfg.eval_limit), model, run.data, run.eval_dir,
                                 run.cfg.evaluation, engine=run.cfg.engine)
-        storage.write_text(out, json.dumps(result | {"row": row}, indent=2))
-        print(f"[eval] {ROW_TITLES[row]}: average {100 * result['scores']['mean_of_categories']:.1f}%", flush=True)
+        save_json(out, result.model_copy(update={"row": row}), indent=2)
+        print(f"[eval] {ROW_TITLES[row]}: average {100 * result.scores.mean_of_categories:.1f}%", flush=True)
 
     model_stage = {"zero_shot_student": "base student", "zero_shot_teacher": "base teacher"}.get(row, f"vqa {row}")
     # the section held a ray_address (which the pipeline's own always overrode) until #16; kept as
@@ -485,8 +486,8 @@ def write_run_report(run: Run, seconds: float) -> dict[str, str]:
     from leaml.evaluate.report import restrict_average, write_report
     from leaml.evaluate.stage import REPORT_CATEGORIES
 
-    rows = [json.loads(storage.read_text(run.eval_row(r))) for r in run.cfg.rows]
-    pseudo = {v: json.loads(storage.read_text(run.path("pseudo_qa", v, "_SUCCESS.json")))
+    rows = [load_json(run.eval_row(r), EvalRow) for r in run.cfg.rows]
+    pseudo = {v: load_json(run.path("pseudo_qa", v, "_SUCCESS.json"), PseudoQAStats).model_dump(mode="json")
               for v in GENERATOR_ROWS if storage.exists(run.path("pseudo_qa", v, "_SUCCESS.json"))}
     info = load_dataset_info(run.data)  # dataset.json of converted data, else the world's world.json
     meta = {"seconds_this_invocation": round(seconds, 1), "pseudo_qa": pseudo, "prior_only": info.prior_only,
@@ -499,12 +500,12 @@ def write_run_report(run: Run, seconds: float) -> dict[str, str]:
     return write_report(run.eval_dir, rows, title, REPORT_CATEGORIES, meta, note, average_over=info.average_over)
 
 
-def gap_note(rows: list[dict], domain: str = "endo", paper: dict | None = None) -> str:
+def gap_note(rows: list[EvalRow], domain: str = "endo", paper: dict | None = None) -> str:
     """LEAML's gain over full fine-tuning and its gap closure, beside the paper's figure (``paper``:
     the dataset's own ``{benchmark, gap_closure}``, else the stand-in of a synthetic ``domain``)."""
     from leaml.data.dataset_dir import stand_in
 
-    by = {r["row"]: r["scores"]["mean_of_categories"] for r in rows}
+    by = {r.row: r.scores.mean_of_categories for r in rows}
     if not {"leaml", "full", "fully_supervised"} <= by.keys():
         return ""
     denom = by["fully_supervised"] - by["full"]

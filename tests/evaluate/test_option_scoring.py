@@ -8,7 +8,7 @@ from leaml.config import load_config
 from leaml.evaluate.inference import InferenceSettings, VQAAnswerer, run_inference
 from leaml.pipeline.config import PipelineConfig
 from leaml.pipeline.graph import Run, gap_note
-from leaml.records import VQAExample, load_records
+from leaml.records import EvalRow, EvalScores, VQAExample, load_records
 
 
 def test_options_scoring_answers_with_the_most_likely_option(tiny_world, tiny_base):
@@ -44,6 +44,6 @@ def test_rescoring_a_run_writes_its_own_rows():
 
 
 def test_gap_note_cites_the_paper_figure_of_its_domain():
-    rows = [{"row": r, "scores": {"mean_of_categories": v}}
+    rows = [EvalRow(method=r, model=r, row=r, scores=EvalScores(categories={}, mean_of_categories=v, overall=v, n=0))
             for r, v in (("leaml", 0.42), ("full", 0.40), ("fully_supervised", 0.44))]
     assert "SPORTU" in gap_note(rows, "sport") and "Kvasir-VQA" in gap_note(rows, "endo")

@@ -48,6 +48,9 @@ def test_presets_resolve_to_bf16_with_checkpointing_and_caps(name):
     c = cfg.captioner
     assert c.media.max_pixels == cfg.generators.leaml.media.max_pixels
     assert c.max_model_len <= 8192 and c.gpu_memory_utilization <= 0.95 and c.distributed_executor_backend == "ray"
+    q = cfg.qagen  # the generator on vLLM sees items at the pixel caps it was trained with
+    assert q.backend == "vllm" and q.media == cfg.generators.leaml.media
+    assert q.max_model_len <= 8192 and q.gpu_memory_utilization <= 0.95
     assert cfg.resources.gpu_memory_gb == 80
 
 
@@ -65,8 +68,8 @@ def kvasir_plan():
 def test_the_plan_covers_every_stage_from_the_real_shapes(kvasir_plan):
     assert list(kvasir_plan) == [
         "caption (vLLM)", "neuron scoring", "train generator baseline", "train generator distill",
-        "train generator leaml", "pseudo-QA generation", "train vqa full+baseline+distill+leaml", "train vqa lora",
-        "train vqa fully_supervised", "evaluate student rows"]
+        "train generator leaml", "pseudo-QA generation (vLLM)", "train vqa full+baseline+distill+leaml",
+        "train vqa lora", "train vqa fully_supervised", "evaluate student rows"]
     full, sparse, lora = (kvasir_plan[s] for s in ("train generator baseline", "train generator leaml",
                                                     "train vqa lora"))
     assert full.weights == 4 * QWEN_3B_PARAMS and full.optimizer == 8 * QWEN_3B_PARAMS  # fp32 master + 2 moments
@@ -77,6 +80,9 @@ def test_the_plan_covers_every_stage_from_the_real_shapes(kvasir_plan):
     assert full.ddp == (0 if loop_passes_ddp_kwargs() else full.grads)
     vllm = kvasir_plan["caption (vLLM)"]
     assert 33 * GIB < vllm.weights < 35 * GIB and vllm.gpus == 16  # 72B bf16 over tp 4, 4 replicas
+    qagen = kvasir_plan["pseudo-QA generation (vLLM)"]
+    assert qagen.weights == 2 * QWEN_3B_PARAMS and qagen.gpus == 8  # bf16, tp 1, up to 8 replicas
+    assert qagen.claimed_fraction == 0.90 and qagen.total < 0.90 * 80 * GIB
     assert full.gpus == 8 and kvasir_plan["neuron scoring"].gpus == 1
 
 
@@ -139,6 +145,26 @@ def test_a_model_on_s3_is_planned_without_downloading_its_weights(tiny_base, s3_
     for name in ("config.json", "processor_config.json"):  # no weights there: the plan must not need them
         storage.write_text(f"{uri}/{name}", (Path(tiny_base) / name).read_text())
     assert sum(p.numel() for p in meta_model(uri).parameters()) == sum(p.numel() for p in meta_model(tiny_base).parameters())
+
+
+def test_the_generator_is_planned_at_its_training_tokens_with_room_for_prompt_logprobs():
+    plans = {p.stage: p for p in build_plan(preset("sportu.yaml"))}
+    qagen, caption = plans["pseudo-QA generation (vLLM)"], plans["caption (vLLM)"]
+    # 8 frames x 256 tokens + 256 text, each frame an image as in training; the teacher's video merges pairs
+    assert "(item 2304 tok)" in qagen.detail and "x 2304 tok" in plans["train generator leaml"].detail
+    assert "(item 1280 tok)" in caption.detail
+    # the filter's option scores: fp32 logits + log-softmax of max_num_batched_tokens prompt tokens
+    unfiltered = {p.stage: p for p in build_plan(preset("sportu.yaml", "qagen.filter=none"))}
+    assert qagen.other - unfiltered["pseudo-QA generation (vLLM)"].other == 4096 * 151_936 * 8
+    on_transformers = {p.stage for p in build_plan(preset("sportu.yaml", "qagen.backend=transformers"))}
+    assert "pseudo-QA generation" in on_transformers  # the float32 generate plan, as before
+
+
+def test_an_item_longer_than_vllms_context_blocks_the_qa_generator():
+    cfg = preset("sportu.yaml", "qagen.max_model_len=2048")
+    with pytest.raises(PlanError, match=r"pseudo-QA generation \(vLLM\): an item is 2304 tokens \+ 64 new, "
+                                        r"above qagen.max_model_len \(2048\)"):
+        check_fits(cfg)
 
 
 def test_an_item_longer_than_vllms_context_blocks_the_captioner():

@@ -108,6 +108,18 @@ def test_production_preset_has_the_papers_settings(name):
     assert 0 < cfg.qagen.top_p < 1 and cfg.qagen.n > 1 and cfg.qagen.temperature > 0
 
 
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)
+def test_the_qa_generator_runs_on_vllm_where_the_gpus_are(path):
+    # the GPU presets sample and score on vLLM (the generator is exported as a plain HF checkpoint);
+    # every CPU profile keeps transformers, since vLLM needs a GPU
+    q = load_config(PipelineConfig, str(path)).qagen
+    assert (q.backend == "vllm") == (path.name in PAPER)
+    if q.backend == "vllm":
+        assert q.replica_gpus == q.tensor_parallel_size == 1  # a 3B model: one GPU, no placement group
+        assert "placement_group_bundles" not in q.deployment_options()
+        assert q.vllm_engine_args()["limit_mm_per_prompt"] == {"image": q.num_frames, "video": 0}
+
+
 def test_evaluation_and_captions_decode_greedily():
     from leaml.evaluate.inference import InferenceConfig
     from leaml.models.batching import generate

@@ -77,18 +77,20 @@ def test_the_qa_generator_and_evaluation_load_with_their_caps(tiny_base):
 
 
 def test_vllm_engine_args_bound_memory_and_pixels():
-    from leaml.pipeline.captioner import CaptionerConfig, vllm_engine_args
+    from leaml.pipeline.captioner import CaptionerConfig
 
     cfg = CaptionerConfig(backend="vllm", model="Qwen/Qwen2.5-VL-72B-Instruct", tensor_parallel_size=4,
                           max_model_len=4096, gpu_memory_utilization=0.85, media={"max_pixels": 401408})
-    args = vllm_engine_args(cfg)
+    args = cfg.vllm_engine_args()
     assert args == {"model": "Qwen/Qwen2.5-VL-72B-Instruct", "tensor_parallel_size": 4, "max_model_len": 4096,
                     "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85,
                     "limit_mm_per_prompt": {"image": 1, "video": 1},
-                    "mm_processor_kwargs": {"max_pixels": 401408}, "distributed_executor_backend": "ray"}
-    single = vllm_engine_args(cfg.model_copy(update={"tensor_parallel_size": 1}))
+                    "mm_processor_kwargs": {"max_pixels": 401408}, "distributed_executor_backend": "ray",
+                    # bf16 as the memory plan sizes it; no sampling default of the checkpoint reaches a request
+                    "dtype": "bfloat16", "generation_config": "vllm"}
+    single = cfg.model_copy(update={"tensor_parallel_size": 1}).vllm_engine_args()
     assert "distributed_executor_backend" not in single  # one GPU: vLLM's in-process default
-    mp = vllm_engine_args(cfg.model_copy(update={"distributed_executor_backend": "mp"}))
+    mp = cfg.model_copy(update={"distributed_executor_backend": "mp"}).vllm_engine_args()
     assert mp["distributed_executor_backend"] == "mp"
 
 
@@ -99,7 +101,7 @@ class _ChatTemplate:
 
 
 def test_vllm_requests_send_a_clip_as_one_video_and_an_image_as_an_image():
-    from leaml.pipeline.captioner import vllm_request
+    from leaml.models.vllm_engine import vllm_request
 
     frames = [Image.new("RGB", (32, 24), (i * 30, 0, 0)) for i in range(4)]
     clip = vllm_request(_ChatTemplate(), frames, "Describe it.")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from leaml.pipeline import captioner
-from leaml.streaming import StreamConfig, read_errors, read_shards, run_sharded
-from leaml.records import MediaRef, load_records
+from leaml.streaming import StreamConfig, StreamItem, read_errors, read_shards, run_sharded
+from leaml.records import MediaRef, StreamCounts, load_records
 from leaml.train.loop import kill_self_once
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -67,15 +67,16 @@ def ray_serve():
     ray.shutdown()
 
 
-def _items(tiny_world, root: Path, n: int) -> list[dict]:
+def _items(tiny_world, root: Path, n: int) -> list[StreamItem]:
     shutil.copytree(f"{tiny_world}/media", root / "media")
     refs = load_records(f"{tiny_world}/unlabeled.jsonl", MediaRef)[:n]
     (root / "media" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    rows = [{"item_id": r.id, "uri": r.uri, "kind": r.kind, "media_root": str(root)} for r in refs]
-    return rows + [{"item_id": "broken", "uri": "media/broken.png", "kind": "image", "media_root": str(root)}]
+    rows = [StreamItem(item_id=r.id, media=r, media_root=str(root)) for r in refs]
+    broken = MediaRef(id="broken", uri="media/broken.png")
+    return rows + [StreamItem(item_id="broken", media=broken, media_root=str(root))]
 
 
-def _stage(serve, cfg, items, out: Path, replica_marker: Path, actor_marker: Path) -> tuple[dict, float]:
+def _stage(serve, cfg, items, out: Path, replica_marker: Path, actor_marker: Path) -> tuple[StreamCounts, float]:
     """One caption stage; the replica dies on its 3rd request unless ``replica_marker`` exists, the
     Ray Data actor on its 2nd batch unless ``actor_marker`` exists."""
     app = serve.deployment(KillOnceCaptioner, name=captioner.DEPLOYMENT_NAME,
@@ -105,9 +106,9 @@ def undisturbed(ray_serve, tiny_world, tiny_base, tmp_path_factory):
     return items, cfg, counts, {c["media_id"]: c["text"] for c in read_shards(str(root / "out"))}
 
 
-def _assert_same_as_undisturbed(out: Path, undisturbed, counts: dict) -> None:
+def _assert_same_as_undisturbed(out: Path, undisturbed, counts: StreamCounts) -> None:
     _, _, calm_counts, calm_captions = undisturbed
-    assert counts == calm_counts == {"inputs": 16, "errors": 1, "records": 15}
+    assert counts == calm_counts == StreamCounts(inputs=16, errors=1, records=15)
     captions = read_shards(str(out))
     ids = [c["media_id"] for c in captions]
     assert len(ids) == len(set(ids)) == 15  # no duplicate, no lost item

@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from leaml.pipeline import captioner, qa_generator
-from leaml.streaming import StreamConfig, read_errors, read_shards, run_sharded
-from leaml.records import MediaRef, load_records
+from leaml.streaming import StreamConfig, StreamItem, read_errors, read_shards, run_sharded
+from leaml.records import MediaRef, StreamCounts, load_records
 
 pytestmark = pytest.mark.ray
 
@@ -29,8 +29,8 @@ def media_items(tiny_world, tmp_path_factory):
     shutil.copytree(f"{tiny_world}/media", root / "media")
     refs = load_records(f"{tiny_world}/unlabeled.jsonl", MediaRef)[:6]
     (root / "media" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a corrupt file
-    rows = [{"item_id": r.id, "uri": r.uri, "kind": r.kind, "media_root": str(root)} for r in refs]
-    rows.append({"item_id": "broken", "uri": "media/broken.png", "kind": "image", "media_root": str(root)})
+    rows = [StreamItem(item_id=r.id, media=r, media_root=str(root)) for r in refs]
+    rows.append(StreamItem(item_id="broken", media=MediaRef(id="broken", uri="media/broken.png"), media_root=str(root)))
     return rows
 
 
@@ -47,7 +47,7 @@ def test_captioner_deployment_streams_and_is_deterministic(serve_local, tiny_bas
     for attempt in ("a", "b"):
         counts = run_sharded(media_items, captioner.CaptionRequester, {"target": target, "num_frames": 1},
                              str(tmp_path / attempt), "caption", STREAM, engine="ray")
-        assert counts == {"inputs": 7, "errors": 1, "records": 6}
+        assert counts == StreamCounts(inputs=7, errors=1, records=6)
         outs.append({r["media_id"]: r["text"] for r in read_shards(str(tmp_path / attempt))})
     serve.delete(captioner.APP_NAME)
     assert outs[0] == outs[1] and len(outs[0]) == 6  # greedy: captioning twice gives the same text
@@ -72,6 +72,6 @@ def test_qa_generator_deployment_keeps_provenance(serve_local, tiny_base, media_
     assert len(judged) == 6 * 2 and any(r["kept"] for r in judged)
     assert all(r["kept"] or r["reason"] == "duplicate" or r["reason"].startswith("filter:") for r in judged)
     rows = read_shards(str(tmp_path / "free"))
-    assert counts["errors"] == 1 and len(rows) == 6 * 2  # n candidates per readable item
-    assert {(r["media_id"], r["sample"]) for r in rows} == {(m["item_id"], k) for m in media_items[:6] for k in (0, 1)}
+    assert counts.errors == 1 and len(rows) == 6 * 2  # n candidates per readable item
+    assert {(r["media_id"], r["sample"]) for r in rows} == {(m.item_id, k) for m in media_items[:6] for k in (0, 1)}
     assert all(r["kept"] or r["reason"] for r in rows)  # an untrained generator: every drop says why

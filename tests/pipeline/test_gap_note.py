@@ -1,9 +1,10 @@
 """The run report's gap-closure line: a ratio only when fully supervised beats full fine-tuning."""
 from leaml.pipeline.graph import gap_note
+from leaml.records import EvalRow, EvalScores
 
 
-def rows(leaml: float, full: float, sup: float) -> list[dict]:
-    return [{"row": r, "scores": {"mean_of_categories": v}}
+def rows(leaml: float, full: float, sup: float) -> list[EvalRow]:
+    return [EvalRow(method=r, model=r, row=r, scores=EvalScores(categories={}, mean_of_categories=v, overall=v, n=0))
             for r, v in (("leaml", leaml), ("full", full), ("fully_supervised", sup))]
 
 

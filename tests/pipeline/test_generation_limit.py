@@ -29,7 +29,7 @@ def valid_share(tokenizer, examples: list[VQAExample], known: dict, limit: int) 
         ids = tokenizer(format_qa_target(e.question, e.options, e.answer) + tokenizer.eos_token,
                         add_special_tokens=False)["input_ids"][:limit]
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        valid += judge_candidates(e.media, [text], known)[0]["kept"]
+        valid += judge_candidates(e.media, [text], known)[0].kept
     return valid / len(examples)
 
 

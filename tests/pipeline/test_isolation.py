@@ -7,7 +7,8 @@ import math
 import pytest
 from PIL import Image
 
-from leaml.streaming import (ItemFailure, RetrySettings, StreamConfig, call_isolating, is_server_failure,
+from leaml.records import MediaRef, StreamCounts
+from leaml.streaming import (ItemFailure, RetrySettings, StreamConfig, StreamItem, call_isolating, is_server_failure,
                              read_errors, read_shards, run_sharded)
 
 
@@ -68,15 +69,15 @@ def test_reports_captioner_refuses_one_item_and_the_stage_keeps_the_others(tmp_p
     # the reports backend refuses a batch that has an item without a report: a model-side failure
     from leaml.pipeline.captioner import CaptionRequester
 
-    rows = [{"item_id": f"m{i}", "uri": f"media/m{i}.png", "kind": "image", "media_root": str(tmp_path),
-             "report": None if i == 2 else f"report {i}"} for i in range(6)]
+    rows = [StreamItem(item_id=f"m{i}", media=MediaRef(id=f"m{i}", uri=f"media/m{i}.png"), media_root=str(tmp_path),
+                       report=None if i == 2 else f"report {i}") for i in range(6)]
     (tmp_path / "media").mkdir()
     for r in rows:
-        Image.new("RGB", (32, 32)).save(tmp_path / r["uri"])
+        Image.new("RGB", (32, 32)).save(tmp_path / r.media.uri)
     counts = run_sharded(rows, CaptionRequester, {"target": {"local": {"backend": "reports"}}, "num_frames": 1},
                          str(tmp_path / "out"), "caption", StreamConfig(batch_size=6, shard_size=3),
                          engine="local")
-    assert counts == {"inputs": 6, "errors": 1, "records": 5}
+    assert counts == StreamCounts(inputs=6, errors=1, records=5)
     [err] = read_errors(str(tmp_path / "out"))
     assert err.media_id == "m2" and err.reason.startswith("model: ValueError: the reports backend needs")
     assert sorted(c["media_id"] for c in read_shards(str(tmp_path / "out"))) == ["m0", "m1", "m3", "m4", "m5"]
@@ -90,11 +91,11 @@ def test_a_real_processor_limit_is_an_error_row_before_the_model_runs(tmp_path, 
     sizes = {"ok0": (64, 48), "thin": (1, 300), "ok1": (48, 64)}
     for name, size in sizes.items():
         Image.new("RGB", size, (120, 40, 40)).save(tmp_path / "media" / f"{name}.png")
-    rows = [{"item_id": n, "uri": f"media/{n}.png", "kind": "image", "media_root": str(tmp_path)} for n in sizes]
+    rows = [StreamItem(item_id=n, media=MediaRef(id=n, uri=f"media/{n}.png"), media_root=str(tmp_path)) for n in sizes]
     target = {"local": {"model": tiny_base, "max_new_tokens": 3, "device": "cpu"}}
     counts = run_sharded(rows, CaptionRequester, {"target": target, "num_frames": 1}, str(tmp_path / "out"),
                          "caption", StreamConfig(batch_size=3, shard_size=3), engine="local")
-    assert counts == {"inputs": 3, "errors": 1, "records": 2}
+    assert counts == StreamCounts(inputs=3, errors=1, records=2)
     [err] = read_errors(str(tmp_path / "out"))
     assert err.media_id == "thin" and "ModelInputError" in err.reason and "200:1" in err.reason
 

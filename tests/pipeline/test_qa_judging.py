@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from leaml.pipeline.qa_generator import QAGenConfig, apply_filter, judge_candidates
-from leaml.records import MediaRef, VQAExample, format_qa_target, load_records, parse_qa_target
+from leaml.records import CandidateScores, MediaRef, PseudoCandidate, format_qa_target, load_records, parse_qa_target
+from leaml.streaming import StreamItem
 
 MEDIA = MediaRef(id="endo-1", uri="media/endo-1.png")
 KNOWN = {"Is there text?": ["no", "yes"], "How many polyps are in the image?": ["0", "1", "2", "3"]}
@@ -31,40 +32,71 @@ def test_garbage_and_valid_candidates():
         good("How many polyps are in the image?", "2"),
     ]
     rows = judge_candidates(MEDIA, texts, KNOWN, "gen")
-    assert [r["kept"] for r in rows] == [True, False, False, False, False, False, False, False, True, True]
-    reasons = [r["reason"] for r in rows]
+    assert [r.kept for r in rows] == [True, False, False, False, False, False, False, False, True, True]
+    reasons = [r.reason for r in rows]
     assert reasons[1].startswith("unparsable: no <q>") and reasons[2].startswith("unparsable: no <q>")
     assert reasons[3].startswith("unparsable:")
     assert "not one of the options" in reasons[4]
     assert reasons[5] == reasons[6] == "duplicate"  # repaired to the same pair as candidate 0
     assert reasons[7] == "unknown question"
-    repaired = VQAExample.model_validate(rows[8]["example"])
+    repaired = rows[8].example
     assert repaired.options == KNOWN["How many polyps are in the image?"] and repaired.meta["options_repaired"]
-    ex = VQAExample.model_validate(rows[9]["example"])
+    ex = rows[9].example
     assert (ex.question, ex.answer, ex.source, ex.media.id) == ("How many polyps are in the image?", "2", "pseudo", "endo-1")
     assert not ex.meta["options_repaired"]
-    assert [r["sample"] for r in rows] == list(range(10))
+    assert [r.sample for r in rows] == list(range(10))
+    assert all(r.example is None for r in rows if not r.kept) and all(r.scores is None for r in rows)
 
 
 def test_without_known_templates_options_are_required():
     rows = judge_candidates(MEDIA, ["<q>Is there text?<q><a>yes<a>"], None)
-    assert not rows[0]["kept"] and "no options" in rows[0]["reason"]
+    assert not rows[0].kept and "no options" in rows[0].reason
 
 
 def test_without_known_templates_any_valid_pair_is_kept():
     rows = judge_candidates(MEDIA, [format_qa_target("Is the sky blue?", ["no", "yes"], "no")], None)
-    assert rows[0]["kept"]
+    assert rows[0].kept
 
 
 def test_filters():
     rows = judge_candidates(MEDIA, [good(a="yes"), good("How many polyps are in the image?", "2")], KNOWN)
-    apply_filter(rows, [[0.3, 0.7], [0.1, 0.2, 0.6, 0.1]], QAGenConfig(filter="consistent"))
-    assert [r["kept"] for r in rows] == [True, True]
+    rows = apply_filter(rows, [[0.3, 0.7], [0.1, 0.2, 0.6, 0.1]], QAGenConfig(filter="consistent"))
+    assert [r.kept for r in rows] == [True, True]
     rows = judge_candidates(MEDIA, [good(a="no"), good("How many polyps are in the image?", "2")], KNOWN)
-    apply_filter(rows, [[0.3, 0.7], [0.1, 0.2, 0.4, 0.3]], QAGenConfig(filter="threshold", min_prob=0.5))
-    assert [r["kept"] for r in rows] == [False, False]
-    assert rows[0]["scores"] == {"p_answer": 0.3, "argmax": "yes"}
-    assert rows[1]["reason"].startswith("filter: p(answer)=0.40")
+    rows = apply_filter(rows, [[0.3, 0.7], [0.1, 0.2, 0.4, 0.3]], QAGenConfig(filter="threshold", min_prob=0.5))
+    assert [r.kept for r in rows] == [False, False]
+    assert rows[0].scores == CandidateScores(p_answer=0.3, argmax="yes")
+    assert rows[1].reason.startswith("filter: p(answer)=0.40")
+
+
+def test_the_filter_makes_new_candidates_and_leaves_its_input_as_judged():
+    texts = [good(a="no"), "garbage", good(a="no"), good("How many polyps are in the image?", "2")]
+    judged = judge_candidates(MEDIA, texts, KNOWN)
+    before = [r.model_dump() for r in judged]
+    filtered = apply_filter(judged, [[0.3, 0.7], [0.1, 0.2, 0.6, 0.1]], QAGenConfig(filter="consistent"))
+    assert [r.model_dump() for r in judged] == before  # nothing judged was changed
+    assert [r.kept for r in judged] == [True, False, False, True]
+    assert [r.kept for r in filtered] == [False, False, False, True]
+    assert filtered[0].reason == "filter: generator prefers 'yes'" and filtered[0].example == judged[0].example
+    assert filtered[1] is judged[1] and filtered[2] is judged[2]  # not kept: not scored
+    with pytest.raises(ValueError):  # one probability list per kept candidate
+        apply_filter(judged, [[0.3, 0.7]], QAGenConfig(filter="consistent"))
+
+
+def test_a_candidate_row_is_written_as_today_and_a_bad_one_names_its_field():
+    judged = judge_candidates(MEDIA, [good(a="no"), "garbage"], KNOWN, "gen")
+    filtered = apply_filter(judged, [[0.3, 0.7]], QAGenConfig(filter="consistent"))
+    assert list(filtered[0].model_dump()) == ["media_id", "sample", "text", "kept", "reason", "example", "scores"]
+    assert "scores" not in filtered[1].model_dump()  # never scored: no key, as the shards have always had
+    assert filtered[1].model_dump()["example"] is None
+    for row in filtered:
+        assert PseudoCandidate.model_validate(json.loads(json.dumps(row.model_dump(mode="json")))) == row
+    with pytest.raises(ValueError, match="media_id"):
+        PseudoCandidate.model_validate({"sample": 0, "text": "t", "reason": "duplicate"})
+    with pytest.raises(ValueError, match="kept candidate has its example"):
+        PseudoCandidate.model_validate({"media_id": "m", "sample": 0, "text": "t", "kept": True})
+    with pytest.raises(ValueError, match="says why"):
+        PseudoCandidate.model_validate({"media_id": "m", "sample": 0, "text": "t"})
 
 
 def test_nucleus_keeps_the_smallest_set_reaching_top_p():
@@ -81,19 +113,19 @@ def test_constrained_decoding_yields_only_valid_pairs_deterministically(tiny_bas
     known question with one of its options, the same on a re-run, and scored for the filter."""
     from leaml.pipeline.qa_generator import QARequester
 
-    refs = load_records(f"{tiny_world}/unlabeled.jsonl", MediaRef)[:3]
-    batch = {"item_id": np.array([r.id for r in refs]), "uri": np.array([r.uri for r in refs]),
-             "kind": np.array([r.kind for r in refs]), "media_root": np.array([tiny_world] * 3)}
+    rows = [StreamItem(item_id=r.id, media=r, media_root=tiny_world).to_row()
+            for r in load_records(f"{tiny_world}/unlabeled.jsonl", MediaRef)[:3]]
+    batch = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     cfg = QAGenConfig(model=tiny_base, n=3, decoding="constrained", filter="consistent").model_dump()
     requester = QARequester({"local": {}}, cfg, KNOWN)
     runs = [[json.loads(r) for r in requester(dict(batch))["records"]] for _ in range(2)]
     assert runs[0] == runs[1]
-    rows = [row for item in runs[0] for row in item]
-    assert len(rows) == 9
-    for row in rows:  # dropped only as a duplicate or by the filter, never as invalid
-        assert row["kept"] or row["reason"] == "duplicate" or row["reason"].startswith("filter:")
-        if row["reason"] != "duplicate":
-            assert row["scores"]["argmax"] in KNOWN[parse_qa_target(row["text"]).question]
+    judged = [PseudoCandidate.model_validate(row) for item in runs[0] for row in item]
+    assert len(judged) == 9
+    for c in judged:  # dropped only as a duplicate or by the filter, never as invalid
+        assert c.kept or c.reason == "duplicate" or c.reason.startswith("filter:")
+        if c.reason != "duplicate":
+            assert c.scores.argmax in KNOWN[parse_qa_target(c.text).question]
     with pytest.raises(ValueError, match="known_templates is required"):
         QARequester({"local": {}}, cfg, None)
 

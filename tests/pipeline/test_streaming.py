@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from leaml.streaming import StreamConfig, read_errors, read_shards, run_sharded, stage_counts
+from leaml.records import MediaRef, StreamCounts
+from leaml.streaming import StreamConfig, StreamItem, read_errors, read_shards, run_sharded, stage_counts
 
 
 class EchoUDF:
-    """Echoes the item id; items whose payload says so fail; can crash the whole stream once."""
+    """Echoes the item id; items whose report says so fail; can crash the whole stream once."""
 
     calls = 0
 
@@ -21,16 +22,15 @@ class EchoUDF:
         EchoUDF.calls += 1
         if self.crash_after is not None and EchoUDF.calls > self.crash_after:
             raise RuntimeError("simulated crash mid-stage")
-        n = len(batch["item_id"])
-        bad = [str(p) == "corrupt" for p in batch["payload"]]
+        bad = [p == "corrupt" for p in batch["report"]]
         records = [("" if b else json.dumps([{"id": str(i)}])) for i, b in zip(batch["item_id"], bad)]
         errors = [("MediaError: truncated file" if b else "") for b in bad]
         return {**batch, "records": np.array(records, dtype=object), "error": np.array(errors, dtype=object)}
 
 
-def items(n, corrupt=()):
-    return [{"item_id": f"m{i:03d}", "uri": f"media/m{i:03d}.png",
-             "payload": "corrupt" if i in corrupt else "ok"} for i in range(n)]
+def items(n, corrupt=()) -> list[StreamItem]:
+    return [StreamItem(item_id=f"m{i:03d}", media=MediaRef(id=f"m{i:03d}", uri=f"media/m{i:03d}.png"),
+                       report="corrupt" if i in corrupt else "ok") for i in range(n)]
 
 
 CFG = StreamConfig(batch_size=4, shard_size=8)
@@ -38,7 +38,7 @@ CFG = StreamConfig(batch_size=4, shard_size=8)
 
 def test_inputs_equal_outputs_plus_errors(tmp_path):
     counts = run_sharded(items(21, corrupt={3, 17}), EchoUDF, {}, str(tmp_path), "caption", CFG, engine="local")
-    assert counts == {"inputs": 21, "errors": 2, "records": 19}
+    assert counts == StreamCounts(inputs=21, errors=2, records=19)
     errs = read_errors(str(tmp_path))
     assert sorted(e.media_id for e in errs) == ["m003", "m017"]
     assert all(e.reason == "MediaError: truncated file" and e.stage == "caption" for e in errs)
@@ -56,7 +56,7 @@ def test_crash_then_rerun_resumes_without_duplicates(tmp_path):
     counts = run_sharded(items(30), EchoUDF, {}, str(tmp_path), "caption", CFG, engine="local")
     assert EchoUDF.calls == 4  # 14 remaining items in shards 2 and 3 -> batches of 4: 2 + 2
     ids = [r["id"] for r in read_shards(str(tmp_path))]
-    assert len(ids) == len(set(ids)) == 30 and counts == {"inputs": 30, "errors": 0, "records": 30}
+    assert len(ids) == len(set(ids)) == 30 and counts == StreamCounts(inputs=30, errors=0, records=30)
 
 
 def test_repeated_ids_are_refused(tmp_path):
@@ -65,4 +65,4 @@ def test_repeated_ids_are_refused(tmp_path):
 
 
 def test_stage_counts_on_empty_dir(tmp_path):
-    assert stage_counts(str(tmp_path), 0) == {"inputs": 0, "errors": 0, "records": 0}
+    assert stage_counts(str(tmp_path), 0) == StreamCounts(inputs=0, errors=0, records=0)
