@@ -104,10 +104,16 @@ def score_options(
     elif path == "shared_prefix" and not shared_prefix_supported(model):
         raise ValueError(f"shared-prefix scoring is not available for {model.config.model_type!r} in this state")
     rows = _shared_prefix_scores if path == "shared_prefix" else _per_option_scores
-    scores = rows(model, processor, media, prompts, options, batch_size, eos, reduce)
+    return softmax_by_prompt(rows(model, processor, media, prompts, options, batch_size, eos, reduce), options)
+
+
+def softmax_by_prompt(scores: Sequence[float], options: Sequence[Sequence[str]]) -> list[list[float]]:
+    """One score per (prompt, option), prompts in order -> per prompt, the softmax over its options
+    (every scoring backend ends here, so they agree on what a probability is)."""
     out, k = [], 0
     for opts in options:
-        out.append(torch.softmax(torch.tensor(scores[k:k + len(opts)]), dim=0).tolist() if opts else [])
+        out.append(torch.softmax(torch.tensor(scores[k:k + len(opts)]), dim=0).tolist()
+                   if opts else [])
         k += len(opts)
     return out
 

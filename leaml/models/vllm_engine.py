@@ -133,18 +133,12 @@ def option_probs(logprobs: Sequence[Sequence[float]], options: Sequence[Sequence
                  reduce: Literal["mean", "sum"] = "mean") -> list[list[float]]:
     """Token log-probabilities per (prompt, option) row, prompts in order -> per prompt, the softmax
     over its options of each option's mean token log-likelihood (``reduce="sum"``: the total; an
-    option of no tokens scores 0). The reduction :func:`leaml.models.answer.score_options` applies
-    to its tensors; ``tests/pipeline/test_vllm_backends.py`` checks that the two paths agree."""
-    out, k = [], 0
-    for opts in options:
-        rows, k = logprobs[k:k + len(opts)], k + len(opts)
-        if not opts:
-            out.append([])
-            continue
-        scores = np.array([sum(lp) if reduce == "sum" else sum(lp) / max(1, len(lp)) for lp in rows])
-        p = np.exp(scores - scores.max())
-        out.append((p / p.sum()).tolist())
-    return out
+    option of no tokens scores 0): the reduction :func:`leaml.models.answer.score_options` applies
+    to its tensors, then its own softmax."""
+    from leaml.models.answer import softmax_by_prompt  # torch: on the GPU image, which has it
+
+    scores = [sum(lp) if reduce == "sum" else sum(lp) / max(1, len(lp)) for lp in logprobs]
+    return softmax_by_prompt(scores, options)
 
 
 class VLLMEngine:
