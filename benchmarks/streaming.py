@@ -21,7 +21,7 @@ import tempfile
 import time
 
 
-def build_inputs(tmp: str, n_items: int) -> tuple[str, list[dict]]:
+def build_inputs(tmp: str, n_items: int) -> tuple[str, list]:
     from leaml.data.endo_world import WorldConfig, build_world
     from leaml.models.init import init_base_model
     from leaml.records import MediaRef, load_records
@@ -31,25 +31,28 @@ def build_inputs(tmp: str, n_items: int) -> tuple[str, list[dict]]:
     build_world(WorldConfig(n_general=40, n_endo_train=max(n_items, 40), n_endo_test=10, n_teacher_pool=10), world)
     model = init_base_model("tiny-qwen2.5-vl-teacher", world, f"{tmp}/teacher")
     refs = load_records(f"{world}/unlabeled.jsonl", MediaRef)[:n_items]
-    return model, [StreamItem(item_id=r.id, media=r, media_root=world).to_row() for r in refs]  # the stream's rows
+    return model, [StreamItem(item_id=r.id, media=r, media_root=world) for r in refs]
 
 
-def time_local(model: str, items: list[dict], batch: int, tokens: int) -> float:
+def time_stage(items: list, target: dict, stream, engine: str) -> float:
+    """Seconds of one caption stage over ``items`` (the pipeline's own ``run_sharded``)."""
+    from leaml.pipeline.captioner import CaptionRequester
+    from leaml.streaming import run_sharded
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        run_sharded(items, CaptionRequester, {"target": target, "num_frames": 1}, out, f"caption-{engine}", stream,
+                    engine=engine)
+        return time.perf_counter() - t0
+
+
+def time_local(model: str, items: list, batch: int, tokens: int) -> float:
     """Seconds of an in-process stage over ``items``, model load included."""
-    from leaml.pipeline.captioner import CaptionerConfig, CaptionRequester
-    from leaml.streaming import StreamConfig, _stream_local
+    from leaml.pipeline.captioner import CaptionerConfig
+    from leaml.streaming import StreamConfig
 
-    cfg = CaptionerConfig(model=model, max_new_tokens=tokens)
-    rows = {0: [r | {"shard": 0} for r in items]}
-    return _timed(_stream_local(rows, CaptionRequester, {"target": {"local": cfg.model_dump()}, "num_frames": 1},
-                                StreamConfig(batch_size=batch), "caption-local"))
-
-
-def _timed(stream) -> float:
-    t0 = time.perf_counter()
-    for _ in stream:
-        pass
-    return time.perf_counter() - t0
+    target = {"local": CaptionerConfig(model=model, max_new_tokens=tokens).model_dump()}
+    return time_stage(items, target, StreamConfig(batch_size=batch, shard_size=batch * 4), "local")
 
 
 def rates(time_n, n: int) -> tuple[float, float]:
@@ -58,10 +61,11 @@ def rates(time_n, n: int) -> tuple[float, float]:
     Ray Data hands rows on in bursts, so a rate read off the arrival times would be noise."""
     small = max(n // 4, 1)
     t_small, t_all = time_n(small), time_n(n)
-    return n / t_all, (n - small) / max(t_all - t_small, 1e-9)
+    # nan when the larger stage was not slower: start-up noise swamped the work (too few items)
+    return n / t_all, (n - small) / (t_all - t_small) if t_all > t_small else float("nan")
 
 
-def time_serve(model: str, items: list[dict], batch: int, tokens: int, replicas: int,
+def time_serve(model: str, items: list, batch: int, tokens: int, replicas: int,
                actors_per_replica: int) -> tuple[float, float]:
     """:func:`rates` of Ray Data -> a Serve captioner of ``replicas`` (deployed once for both sizes)."""
     from ray import serve
@@ -76,19 +80,19 @@ def time_serve(model: str, items: list[dict], batch: int, tokens: int, replicas:
         serve.delete(APP_NAME)
 
 
-def _stream_through_serve(items: list[dict], batch: int, actors: int) -> float:
-    from leaml.pipeline.captioner import APP_NAME, DEPLOYMENT_NAME, CaptionRequester
-    from leaml.streaming import StreamConfig, _stream_ray
+def _stream_through_serve(items: list, batch: int, actors: int) -> float:
+    from leaml.pipeline.captioner import APP_NAME, DEPLOYMENT_NAME
+    from leaml.streaming import StreamConfig
 
     target = {"serve": {"app": APP_NAME, "deployment": DEPLOYMENT_NAME}}
     # each actor waits on its own request: with one actor per replica the replica idles while the
     # actor decodes its next batch; a second actor keeps it fed
-    stream = StreamConfig(batch_size=batch, num_actors=actors, min_actors=actors, actor_cpus=0.25)
-    rows = {0: [r | {"shard": 0} for r in items]}
-    return _timed(_stream_ray(rows, CaptionRequester, {"target": target, "num_frames": 1}, stream, "caption-serve"))
+    stream = StreamConfig(batch_size=batch, shard_size=batch * 4, num_actors=actors, min_actors=actors,
+                          actor_cpus=0.25)
+    return time_stage(items, target, stream, "ray")
 
 
-def autoscaling_run(model: str, items: list[dict], batch: int, tokens: int, actors: int, settle_s: float) -> list:
+def autoscaling_run(model: str, items: list, batch: int, tokens: int, actors: int, settle_s: float) -> list:
     """A stream against a captioner that starts at 1 replica and may grow to 2 (fractional CPUs);
     returns (seconds, running replicas, event) samples from before the stream to ``settle_s`` after."""
     import threading
