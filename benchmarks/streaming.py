@@ -70,7 +70,7 @@ def time_serve(model: str, items: list, batch: int, tokens: int, replicas: int,
     """:func:`rates` of Ray Data -> a Serve captioner of ``replicas`` (deployed once for both sizes)."""
     from ray import serve
 
-    from leaml.pipeline.captioner import APP_NAME, DEPLOYMENT_NAME, CaptionerConfig, build_captioner_app
+    from leaml.pipeline.captioner import APP_NAME, CaptionerConfig, build_captioner_app
 
     cfg = CaptionerConfig(model=model, max_new_tokens=tokens, num_replicas=replicas, replica_cpus=0.5)
     serve.run(build_captioner_app(cfg.model_dump()), name=APP_NAME, route_prefix=None)
