@@ -395,9 +395,10 @@ def run_sharded(items: Sequence[StreamItem], udf_cls: type, udf_kwargs: dict, ou
     shards = plan_shards(items, cfg.shard_size)
     _claim(out_dir, {"shard_size": cfg.shard_size, "items": _ids_digest(items), "key": key}, stage)
     todo = pending_shards(out_dir, shards)
+    # said even when nothing is left: a resubmission's log shows what it found already written
+    print(f"[{stage}] {sum(map(len, todo.values()))} items in {len(todo)} shards to do "
+          f"({len(shards) - len(todo)} already written)", flush=True)
     if todo:
-        print(f"[{stage}] {sum(map(len, todo.values()))} items in {len(todo)} shards to do "
-              f"({len(shards) - len(todo)} already written)", flush=True)
         results = (_stream_ray if engine == "ray" else _stream_local)(todo, udf_cls, udf_kwargs, cfg, stage)
         _write_shards(results, todo, out_dir, stage)
     return stage_counts(out_dir, len(items))
