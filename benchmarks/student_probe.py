@@ -32,7 +32,7 @@ from leaml.models.builders import load_model  # noqa: E402
 from leaml.models.init import init_base_model  # noqa: E402
 from leaml.prompts import vqa_prompt  # noqa: E402
 from leaml.records import VQAExample, load_records  # noqa: E402
-from leaml.train.config import TrainConfig  # noqa: E402
+from leaml.train.config import MediaCaps, TrainConfig  # noqa: E402
 from leaml.train.data import BatchStream, pack_by_media, vqa_items  # noqa: E402
 from leaml.train.loop import MediaBatcher, target_loss  # noqa: E402
 from leaml.train.methods import setup_method  # noqa: E402
@@ -85,10 +85,11 @@ def accuracy(model, processor, world: str, val: list[VQAExample]) -> tuple[float
 
 def learning_curve(init: str, world: str, train: list[VQAExample], val: list[VQAExample], steps: int,
                    eval_every: int, lr: float, batch_size: int, pack: bool, max_turns: int = 8,
-                   log=print) -> list[dict]:
+                   caps: MediaCaps | None = None, log=print) -> list[dict]:
     """Fine-tune ``init`` on ``train`` (packed per image or not) and measure ``val`` every
-    ``eval_every`` steps: rows of step, training seconds (evaluation excluded), QA pairs seen, accuracy."""
-    model, processor = load_model(init)
+    ``eval_every`` steps: rows of step, training seconds (evaluation excluded), QA pairs seen, accuracy.
+    ``caps``: the processor's pixels per frame (e.g. frames scaled up: more visual tokens per object)."""
+    model, processor = load_model(init, caps=caps)
     cfg = TrainConfig(objective="vqa", method="full", lr=lr, max_steps=steps,
                       batch_size=batch_size, warmup_steps=min(20, steps - 1), weight_decay=0.01)
     method = setup_method(model, cfg)
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pack", action="store_true", help="all QA pairs of an image in one sequence")
     ap.add_argument("--templates", nargs="*", help="train and evaluate on these templates only")
     ap.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
+    ap.add_argument("--pixels", type=int, help="scale every frame to this many pixels (min = max pixels): "
+                    "4x the 64x64 frames' 4096 gives 4x the visual tokens")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         init = args.init or init_base_model(args.preset, args.world, str(Path(tmp, "init")))
         learning_curve(init, args.world, train, val, args.steps, args.eval_every, args.lr, args.batch_size,
-                       args.pack, log=lambda m: print(m, flush=True))
+                       args.pack, caps=MediaCaps(min_pixels=args.pixels, max_pixels=args.pixels) if args.pixels else None,
+                       log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":
