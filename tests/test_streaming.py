@@ -81,7 +81,7 @@ def test_a_refused_item_is_an_error_row_and_the_rest_of_its_batch_is_answered(tm
     assert list(again["records"]) == list(out["records"])  # deterministic
 
 
-def test_resume_skips_written_shards_and_a_new_plan_starts_over(tmp_path):
+def test_resume_skips_written_shards_and_a_new_plan_starts_over(tmp_path, capsys):
     items, out = media_items(tmp_path, 20), tmp_path / "out"
     cfg, kwargs = StreamConfig(batch_size=4, shard_size=4), {"target": {"fake": {}}}
     run_sharded(items, Describe, kwargs, str(out), "describe", cfg, engine="local", key={"model": "a"})
@@ -91,6 +91,11 @@ def test_resume_skips_written_shards_and_a_new_plan_starts_over(tmp_path):
     counts = run_sharded(items, Describe, kwargs, str(out), "describe", cfg, engine="local", key={"model": "a"})
     assert Describe.batches == 1 and counts == StreamCounts(inputs=20, errors=0, records=20)
     assert read_shards(str(out)) == first
+    assert "[describe] 4 items in 1 shards to do (4 already written)" in capsys.readouterr().out
+    Describe.batches = 0  # all written: nothing to stream, and the log says so
+    run_sharded(items, Describe, kwargs, str(out), "describe", cfg, engine="local", key={"model": "a"})
+    assert Describe.batches == 0
+    assert "[describe] 0 items in 0 shards to do (5 already written)" in capsys.readouterr().out
     # other shard boundaries or another key: the written shards hold other rows, none is resumed
     for change in ({"cfg": StreamConfig(batch_size=4, shard_size=8)}, {"key": {"model": "b"}}):
         Describe.batches = 0
