@@ -86,7 +86,8 @@ def _stream_through_serve(items: list, batch: int, actors: int) -> float:
 
     target = {"serve": {"app": APP_NAME, "deployment": DEPLOYMENT_NAME}}
     # each actor waits on its own request: with one actor per replica the replica idles while the
-    # actor decodes its next batch; a second actor keeps it fed
+    # actor decodes its next batch; a second actor is meant to keep it fed (on 2 busy cores it
+    # loses instead: docs/PERFORMANCE.md)
     stream = StreamConfig(batch_size=batch, shard_size=batch * 4, num_actors=actors, min_actors=actors,
                           actor_cpus=0.25)
     return time_stage(items, target, stream, "ray")

@@ -112,8 +112,7 @@ def softmax_by_prompt(scores: Sequence[float], options: Sequence[Sequence[str]])
     (every scoring backend ends here, so they agree on what a probability is)."""
     out, k = [], 0
     for opts in options:
-        out.append(torch.softmax(torch.tensor(scores[k:k + len(opts)]), dim=0).tolist()
-                   if opts else [])
+        out.append(torch.softmax(torch.tensor(scores[k:k + len(opts)]), dim=0).tolist() if opts else [])
         k += len(opts)
     return out
 
