@@ -86,6 +86,10 @@ class StreamConfig(StrictModel):
     """Fractional so that 2 cores never deadlock the read tasks."""
     actor_gpus: float = Field(0.0, ge=0)
     """GPUs per actor: 0 when the model lives in Serve, the model's when it lives in the actor."""
+    calls_per_actor: int = Field(2, ge=1)
+    """Batches one actor has in flight to a Serve deployment (one thread each): the replica works on
+    one while the actor decodes and hands back another, so it never waits on the actor. 1: each
+    batch waits for the one before. An actor that holds the model itself runs one at a time."""
     retry: RetrySettings = RetrySettings()
     """When the model server fails mid-batch."""
 
@@ -103,7 +107,7 @@ class ReplicaSettings(StrictModel):
     replica_gpus: float = Field(0.0, ge=0)
 
     def deployment_options(self) -> dict:
-        """``serve.deployment(**options)`` of these settings."""
+        """``serve.deployment(**options)`` of these settings (see :func:`stream_deployment`)."""
         opts: dict = {"ray_actor_options": {"num_cpus": self.replica_cpus, "num_gpus": self.replica_gpus},
                       "max_ongoing_requests": 4}
         if self.num_replicas == "auto":
@@ -115,6 +119,39 @@ class ReplicaSettings(StrictModel):
 
 SERVING_KNOBS = tuple(ReplicaSettings.model_fields)
 """Replica settings schedule the work; they never change what the model writes."""
+
+
+def stream_deployment(model_cls: type, name: str, settings: ReplicaSettings, methods: Sequence[str]):
+    """``serve.deployment`` of a stream's model: ``model_cls`` with ``settings``, whose ``methods``
+    run one call at a time on a replica.
+
+    Serve runs a sync method in a thread pool, so the requests a replica holds
+    (``max_ongoing_requests``) would run their forward passes at once: on CPUs they fight over the
+    same cores, and a seeded sampling call (``torch.manual_seed`` on the process-wide generator)
+    would draw from another call's stream. One at a time, the next request is already waiting on
+    the replica when a batch finishes, and a batch's output does not depend on who else called."""
+    from ray import serve
+
+    return serve.deployment(_one_at_a_time(model_cls, methods), name=name, **settings.deployment_options())
+
+
+def _one_at_a_time(model_cls: type, methods: Sequence[str]) -> type:
+    import functools
+    import threading
+
+    def serialised(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            with self._one_call:
+                return method(self, *args, **kwargs)
+        return run
+
+    def init(self, *args, **kwargs):
+        self._one_call = threading.RLock()  # a served method may call another (sample -> option_probs)
+        model_cls.__init__(self, *args, **kwargs)
+
+    body = {m: serialised(getattr(model_cls, m)) for m in methods}
+    return type(model_cls.__name__, (model_cls,), {"__init__": init, "__doc__": model_cls.__doc__, **body})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,14 +473,23 @@ def _stream_local(todo, udf_cls, udf_kwargs, cfg: StreamConfig, stage: str):
             yield from _rows(out)
 
 
+def actor_pool(cfg: StreamConfig, udf_kwargs: dict):
+    """The Ray Data actor pool of a stream. A model behind Serve leaves the actors light: each
+    waits on ``calls_per_actor`` batches at once (threads); an actor holding the model runs one."""
+    import ray.data
+
+    calls = cfg.calls_per_actor if "serve" in udf_kwargs.get("target", {}) else 1
+    return ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, cfg.num_actors), max_size=cfg.num_actors,
+                                      max_concurrent_calls_per_actor=calls, enable_true_multi_threading=calls > 1)
+
+
 def _stream_ray(todo, udf_cls, udf_kwargs, cfg: StreamConfig, stage: str):
     import ray
     from tqdm.auto import tqdm
 
     rows = [r for k in sorted(todo) for r in todo[k]]
-    pool = ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, cfg.num_actors), max_size=cfg.num_actors)
     ds = ray.data.from_items(rows).map_batches(
-        udf_cls, fn_constructor_kwargs=udf_kwargs, batch_size=cfg.batch_size, compute=pool,
+        udf_cls, fn_constructor_kwargs=udf_kwargs, batch_size=cfg.batch_size, compute=actor_pool(cfg, udf_kwargs),
         num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus,
     )
     with tqdm(total=len(rows), desc=stage, unit="item") as bar:

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from leaml.records import Caption, MediaRef, StreamCounts, VQAExample
 from leaml.streaming import (SERVING_KNOBS, FakeTarget, ItemFailure, LocalTarget, MediaUDF, ModelTarget,
-                             ReplicaSettings, StreamConfig, StreamItem, connect_target, read_errors, read_shards,
-                             run_sharded)
+                             ReplicaSettings, StreamConfig, StreamItem, actor_pool, connect_target, read_errors,
+                             read_shards, run_sharded)
 
 
 class Sizes:
@@ -133,6 +133,54 @@ def test_replica_settings_are_one_definition_for_both_deployments():
         assert auto == {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0}, "max_ongoing_requests": 4,
                         "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}}
         assert cfg_cls(num_replicas=3).deployment_options()["num_replicas"] == 3
+
+
+class Overlapping:
+    """A 'model' that records how many of its calls ran at once."""
+
+    def __init__(self, tag: str):
+        import threading
+
+        self.tag, self.running, self.most, self.lock = tag, 0, 0, threading.Lock()
+
+    def caption(self, n: int) -> str:
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return f"{self.tag}:{n}"
+
+    def caption_twice(self, n: int) -> list[str]:
+        return [self.caption(n), self.caption(n)]  # a served method calling another
+
+
+def test_a_stream_deployment_runs_one_call_at_a_time_on_a_replica():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from leaml.streaming import _one_at_a_time
+
+    plain, serial = Overlapping("a"), _one_at_a_time(Overlapping, ["caption", "caption_twice"])("b")
+    for model in (plain, serial):
+        with ThreadPoolExecutor(4) as pool:  # as Serve's thread pool runs a replica's sync requests
+            out = list(pool.map(model.caption, range(8)))
+        assert out == [f"{model.tag}:{n}" for n in range(8)]
+    assert plain.most > 1 and serial.most == 1  # the wrapper, not the test, made them wait
+    assert type(serial).__name__ == "Overlapping" and isinstance(serial, Overlapping)
+    assert serial.caption_twice(3) == ["b:3", "b:3"]  # re-entered from its own thread: no deadlock
+
+
+def test_actors_wait_on_several_batches_only_when_the_model_is_behind_serve():
+    cfg = StreamConfig(num_actors=2, calls_per_actor=3)
+    served = actor_pool(cfg, {"target": {"serve": {"app": "a", "deployment": "d"}}})
+    assert (served.max_concurrent_calls_per_actor, served.enable_true_multi_threading) == (3, True)
+    for target in ({"local": {}}, {"fake": {}}):  # the actor holds the model: one batch at a time
+        held = actor_pool(cfg, {"target": target})
+        assert (held.max_concurrent_calls_per_actor, held.enable_true_multi_threading) == (1, False)
+    assert (served.min_size, served.max_size) == (1, 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field
 
 from leaml.models.vllm_engine import VLLMSettings
-from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings, StreamItem
+from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings, StreamItem, stream_deployment
 from leaml.train.config import MediaCaps
 
 APP_NAME = "leaml-captioner"
@@ -110,10 +110,8 @@ class _VLLMCaptioner:
 
 def build_captioner_app(args: dict):
     """Serve builder (``import_path: leaml.pipeline.captioner:build_captioner_app``); validates args."""
-    from ray import serve
-
     cfg = CaptionerConfig.model_validate(args)
-    return serve.deployment(Captioner, name=DEPLOYMENT_NAME, **cfg.deployment_options()).bind(cfg.model_dump())
+    return stream_deployment(Captioner, DEPLOYMENT_NAME, cfg, ["caption"]).bind(cfg.model_dump())
 
 
 class CaptionRequester(MediaUDF):

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from leaml.records import (CandidateScores, MediaRef, PseudoCandidate, QAParseError, VQAExample, format_qa_target,
                            parse_qa_target)
 from leaml.models.vllm_engine import VLLMSettings
-from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings, StreamItem, call_isolating
+from leaml.streaming import ItemFailure, MediaUDF, ReplicaSettings, StreamItem, call_isolating, stream_deployment
 from leaml.train.config import MediaCaps
 
 APP_NAME = "leaml-qa-generator"
@@ -330,10 +330,9 @@ def _filtered(row: PseudoCandidate, p: list[float], cfg: QAGenConfig) -> PseudoC
 
 def build_qa_generator_app(args: dict):
     """Serve builder (``import_path: leaml.pipeline.qa_generator:build_qa_generator_app``)."""
-    from ray import serve
-
     cfg = QAGenConfig.model_validate(args)
-    return serve.deployment(QAGenerator, name=DEPLOYMENT_NAME, **cfg.deployment_options()).bind(cfg.model_dump())
+    return stream_deployment(QAGenerator, DEPLOYMENT_NAME, cfg, ["sample", "sample_constrained", "option_probs"]
+                             ).bind(cfg.model_dump())
 
 
 class QARequester(MediaUDF):
