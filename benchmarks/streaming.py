@@ -1,7 +1,8 @@
-"""Captioning throughput: Ray Data -> Serve deployment vs an in-process loop, 1 vs 2 replicas;
-then an autoscaling run: replica counts over time while a stream loads the captioner.
+"""Captioning throughput: Ray Data -> Serve deployment vs an in-process loop, 1 vs 2 replicas, an
+actor waiting on one batch at a time vs keeping two in flight (``stream.calls_per_actor``); then an
+autoscaling run: replica counts over time while a stream loads the captioner.
 
-    .venv/bin/python benchmarks/streaming.py            # ~4-6 min on 2 cores
+    .venv/bin/python benchmarks/streaming.py --items 512   # ~5 min on 2 idle cores
     .venv/bin/python benchmarks/streaming.py --items 64 --quick
     .venv/bin/python benchmarks/streaming.py --no-autoscale
 
@@ -19,6 +20,11 @@ import argparse
 import os
 import tempfile
 import time
+
+
+SETTINGS = ((1, 1, 1), (1, 1, 2), (1, 2, 1), (2, 1, 1))
+"""(replicas, actors per replica, batches each actor keeps in flight): the default, two batches in
+flight (``stream.calls_per_actor: 2``), a second actor, a second replica."""
 
 
 def build_inputs(tmp: str, n_items: int) -> tuple[str, list]:
@@ -66,7 +72,7 @@ def rates(time_n, n: int) -> tuple[float, float]:
 
 
 def time_serve(model: str, items: list, batch: int, tokens: int, replicas: int,
-               actors_per_replica: int) -> tuple[float, float]:
+               actors_per_replica: int, calls: int) -> tuple[float, float]:
     """:func:`rates` of Ray Data -> a Serve captioner of ``replicas`` (deployed once for both sizes)."""
     from ray import serve
 
@@ -75,21 +81,22 @@ def time_serve(model: str, items: list, batch: int, tokens: int, replicas: int,
     cfg = CaptionerConfig(model=model, max_new_tokens=tokens, num_replicas=replicas, replica_cpus=0.5)
     serve.run(build_captioner_app(cfg.model_dump()), name=APP_NAME, route_prefix=None)
     try:
-        return rates(lambda n: _stream_through_serve(items[:n], batch, replicas * actors_per_replica), len(items))
+        return rates(lambda n: _stream_through_serve(items[:n], batch, replicas * actors_per_replica, calls),
+                     len(items))
     finally:
         serve.delete(APP_NAME)
 
 
-def _stream_through_serve(items: list, batch: int, actors: int) -> float:
+def _stream_through_serve(items: list, batch: int, actors: int, calls: int) -> float:
     from leaml.pipeline.captioner import APP_NAME, DEPLOYMENT_NAME
     from leaml.streaming import StreamConfig
 
     target = {"serve": {"app": APP_NAME, "deployment": DEPLOYMENT_NAME}}
-    # each actor waits on its own request: with one actor per replica the replica idles while the
-    # actor decodes its next batch; a second actor is meant to keep it fed (on 2 busy cores it
-    # loses instead: docs/PERFORMANCE.md)
+    # calls=1: the actor waits on each request, and the replica idles while the actor decodes and
+    # hands back; calls=2: the next batch is already queued on the replica when one finishes (on 2
+    # cores it loses: the actor's second thread competes with the replica for the cores)
     stream = StreamConfig(batch_size=batch, shard_size=batch * 4, num_actors=actors, min_actors=actors,
-                          actor_cpus=0.25)
+                          actor_cpus=0.25, calls_per_actor=calls)
     return time_stage(items, target, stream, "ray")
 
 
@@ -120,7 +127,7 @@ def autoscaling_run(model: str, items: list, batch: int, tokens: int, actors: in
     try:
         time.sleep(2)
         samples.append((time.perf_counter() - t0, None, "stream starts"))
-        _stream_through_serve(items, batch, actors)
+        _stream_through_serve(items, batch, actors, calls=1)
         samples.append((time.perf_counter() - t0, None, "stream ends"))
         time.sleep(settle_s)
     finally:
@@ -151,7 +158,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="32 items, 8 tokens")
     ap.add_argument("--no-autoscale", dest="autoscale", action="store_false", help="skip the autoscaling run")
-    ap.add_argument("--autoscale-items", type=int, default=256)
+    ap.add_argument("--autoscale-items", type=int, default=768,
+                    help="long enough that a second replica can start (a process loading torch) while it runs")
     args = ap.parse_args()
     if args.quick:
         args.items, args.tokens, args.autoscale_items = 32, 8, 64
@@ -166,18 +174,19 @@ def main() -> None:
                     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
             os.environ.setdefault(var, "1")
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        served = {(r, a): time_serve(model, items[:args.items], args.batch, args.tokens, r, a)
-                  for r, a in ((1, 1), (1, 2), (2, 1))}
-        timeline = autoscaling_run(model, items[:args.autoscale_items], args.batch, args.tokens, actors=3,
+        served = {(r, a, c): time_serve(model, items[:args.items], args.batch, args.tokens, r, a, c)
+                  for r, a, c in SETTINGS}
+        timeline = autoscaling_run(model, items[:args.autoscale_items], args.batch, args.tokens, actors=2,
                                    settle_s=15) if args.autoscale else None
         ray.shutdown()
     print(f"\ncaptioning {args.items} images, batch {args.batch}, {args.tokens} new tokens each")
-    print(f"{'setting':<44}{'items/s':>9}{'ratio':>8}{'marginal':>15}{'ratio':>8}")
+    print(f"{'setting':<52}{'items/s':>9}{'ratio':>8}{'marginal':>15}{'ratio':>8}")
     for name, (whole, steady) in [("in-process loop", local)] + [
-            (f"Ray Data -> Serve, {r} replica{'s' * (r > 1)}, {a * r} actor{'s' * (a * r > 1)}", v)
-            for (r, a), v in served.items()]:
-        print(f"{name:<44}{whole:>9.2f}{whole / local[0]:>7.2f}x{steady:>15.2f}{steady / local[1]:>7.2f}x")
-    print(f"2 replicas / 1 replica (1 actor each): {served[2, 1][0] / served[1, 1][0]:.2f}x")
+            (f"Ray Data -> Serve, {r} replica{'s' * (r > 1)}, {a * r} actor{'s' * (a * r > 1)}, {c} in flight", v)
+            for (r, a, c), v in served.items()]:
+        print(f"{name:<52}{whole:>9.2f}{whole / local[0]:>7.2f}x{steady:>15.2f}{steady / local[1]:>7.2f}x")
+    print(f"2 batches in flight / 1 (1 replica, 1 actor): {served[1, 1, 2][1] / served[1, 1, 1][1]:.2f}x marginal")
+    print(f"2 replicas / 1 replica (1 actor each): {served[2, 1, 1][0] / served[1, 1, 1][0]:.2f}x")
     if timeline:
         print_replica_timeline(timeline)
 

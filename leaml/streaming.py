@@ -86,10 +86,11 @@ class StreamConfig(StrictModel):
     """Fractional so that 2 cores never deadlock the read tasks."""
     actor_gpus: float = Field(0.0, ge=0)
     """GPUs per actor: 0 when the model lives in Serve, the model's when it lives in the actor."""
-    calls_per_actor: int = Field(2, ge=1)
-    """Batches one actor has in flight to a Serve deployment (one thread each): the replica works on
-    one while the actor decodes and hands back another, so it never waits on the actor. 1: each
-    batch waits for the one before. An actor that holds the model itself runs one at a time."""
+    calls_per_actor: int = Field(1, ge=1)
+    """Batches one actor has in flight to a Serve deployment (one thread each), so that the replica
+    need not wait while the actor decodes and hands back. 1 on small machines: on 2 cores, 2 ran at
+    0.7x the items/s of 1 (``benchmarks/streaming.py``, docs/PERFORMANCE.md). An actor that holds
+    the model itself always runs one at a time."""
     retry: RetrySettings = RetrySettings()
     """When the model server fails mid-batch."""
 

@@ -174,7 +174,7 @@ def test_a_stream_deployment_runs_one_call_at_a_time_on_a_replica():
 
 
 def test_actors_wait_on_several_batches_only_when_the_model_is_behind_serve():
-    cfg = StreamConfig(num_actors=2, calls_per_actor=3)
+    cfg = StreamConfig(num_actors=2, calls_per_actor=3)  # default 1: see StreamConfig
     served = actor_pool(cfg, {"target": {"serve": {"app": "a", "deployment": "d"}}})
     assert (served.max_concurrent_calls_per_actor, served.enable_true_multi_threading) == (3, True)
     for target in ({"local": {}}, {"fake": {}}):  # the actor holds the model: one batch at a time
