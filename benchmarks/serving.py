@@ -15,6 +15,10 @@ option: media and prompt encoded once per option) and the shared-prefix path the
 (``leaml.models.answer``: encoded once, options run from its KV cache); goal: 8 options cost within
 1.3x of 2. ``--kind scoring`` prints only this table.
 
+At 16 clients each line is followed by the CPU milliseconds per request of the busiest processes
+(the HTTP proxy, the gateway and model replicas, the clients): what the framework costs beside the
+forward pass.
+
 The batch wait is the lever: a request waits up to ``--batch-wait-s`` for company, which is pure
 latency at 1 client and what lets batches fill at 16 (here requests reach the replica spread out by
 HTTP and decode overhead). The YAML default (10 ms) favours latency; this benchmark's default
@@ -142,6 +146,28 @@ def start_service(checkpoint: str, max_batch_size: int, wait_s: float, max_new_t
     return port
 
 
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (process, CPU seconds so far) for every process on the machine (this one: the clients)."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        name = "benchmark (the clients)" if p.pid == os.getpid() else " ".join(" ".join(p.info["cmdline"] or []).split())[:60]
+        out[p.pid] = (name, t.user + t.system)
+    return out
+
+
+def print_cpu_per_request(before: dict, after: dict, requests: int, label: str, top: int = 5) -> None:
+    """Where the cores went: CPU milliseconds per request of the busiest processes."""
+    spent = sorted(((after[k][1] - before[k][1], after[k][0]) for k in after if k in before), reverse=True)
+    print(f"  CPU per request, {label}: " + ", ".join(f"{name.removeprefix('ray::')} {1000 * s / requests:.1f} ms"
+                                                     for s, name in spent[:top]), flush=True)
+
+
 async def load(url: str, concurrency: int, n_requests: int, kind: str, media: list[bytes]) -> dict:
     """Closed loop: ``concurrency`` clients, each sending its next request when the last returns."""
     latencies: list[float] = []
@@ -209,11 +235,15 @@ def main() -> int:
             for kind in kinds:
                 for conc, n in ((1, a.requests_single), (16, a.requests)):
                     for name in ("unbatched", "batched"):
+                        before = cpu_seconds()
                         r = asyncio.run(load(f"http://127.0.0.1:{port}/{name}", conc, n, kind, media))
+                        cpu = (before, cpu_seconds())
                         results[f"{kind}/{name}@{conc}"] = r
                         print(f"{kind:>8} {name:>9} @ {conc:>2} clients: {r['throughput_rps']:6.2f} req/s"
                               f"  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
                               f"  mean batch {r['mean_batch']:4.1f}  (n={r['requests']})", flush=True)
+                        if conc > 1:  # the HTTP proxy, the gateway, the model replica, the clients
+                            print_cpu_per_request(*cpu, r["requests"], f"{kind} {name}")
         finally:
             serve.shutdown()
     ratios = {}
