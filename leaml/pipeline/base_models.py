@@ -14,8 +14,10 @@ tuning), in this order of preference:
 
 The endo base models are independent of the world's seed: their corpus has its own fixed seed
 (:func:`leaml.data.endo_world.build_corpus`), as official checkpoints do not depend on anyone's data.
-The sport world's base models still pretrain on the general domain and clip corpus of its own
-dataset directory (keyed by its world.json).
+The student's corpus is the general domain alone, so the same student serves every domain: the
+sport world uses the shipped general student too (a general VLM facing sports video). The sport
+teacher still pretrains on the general domain and clip corpus of its own dataset directory (keyed
+by its world.json).
 """
 from __future__ import annotations
 
@@ -73,10 +75,17 @@ def corpus_key(src: BaseModelSource, role: Role = "student") -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def fixed_corpus(role: Role, domain: Domain) -> bool:
+    """Whether the role pretrains on the fixed-seed corpus (else on the world's own directory): the
+    endo roles, and the student of every domain (its corpus is the general domain alone)."""
+    return domain == "endo" or role == "student"
+
+
 def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = "endo") -> str:
-    """Everything that determines the base model: recipe, preset, role and corpus. Endo: the fixed
-    corpus (no world field enters); sport: its world.json without the labeled pick's fields."""
-    if domain == "endo":
+    """Everything that determines the base model: recipe, preset, role and corpus. The fixed corpus
+    (:func:`fixed_corpus`): no world field enters; the sport teacher: its world.json without the
+    labeled pick's fields."""
+    if fixed_corpus(role, domain):
         data = {"corpus": corpus_key(src, role)}
     else:
         world = json.loads(storage.read_text(storage.join(data_dir, "world.json")))
@@ -113,7 +122,7 @@ def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir
     if not src.preset:
         raise ValueError(f"{role}: set either path (a checkpoint) or preset (a tiny model to pretrain)")
     key = cache_key(data_dir, role, src, domain)
-    if src.use_assets and domain == "endo" and (asset := find_asset(key)):
+    if src.use_assets and fixed_corpus(role, domain) and (asset := find_asset(key)):
         print(f"[base] {role}: shipped asset {asset}", flush=True)
         return asset
     cache_dir = cache_dir or default_cache_dir()
@@ -121,7 +130,7 @@ def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir
     if storage.exists(storage.join(out, "leaml_model.json")):
         print(f"[base] {role}: reusing {out}", flush=True)
         return out
-    corpus = ensure_corpus(src, cache_dir) if domain == "endo" else data_dir
+    corpus = ensure_corpus(src, cache_dir) if fixed_corpus(role, domain) else data_dir
     run_recipe(src.preset, role, corpus, out, src.pretrain, log=lambda m: print(m, flush=True))
     return out
 
@@ -133,9 +142,10 @@ def pretrain_base_models(cfg, roles: list[Role], release: bool = False) -> dict[
     from leaml.pretrain.assets import release as release_asset
     from leaml.pretrain.quality import base_quality, summary
 
-    if cfg.world.domain != "endo":
-        raise ValueError("shipped base models exist for the endo world only; the sport world pretrains "
-                         "its own at run time (world.domain: sport)")
+    domain = cfg.world.domain
+    if unfit := [r for r in roles if not fixed_corpus(r, domain)]:
+        raise ValueError(f"shipped base models exist for the endo world and the general student only; the "
+                         f"{domain} world pretrains its {', '.join(unfit)} at run time (world.domain: {domain})")
     out = {}
     for role in roles:
         src = getattr(cfg, role).model_copy(update={"use_assets": False})

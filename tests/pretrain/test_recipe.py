@@ -100,6 +100,23 @@ def test_base_model_key_ignores_the_world_seed(tmp_path):
     assert cache_key("", "student", other) not in keys
 
 
+def test_the_general_student_serves_the_sport_world_too(tmp_path):
+    """The student's corpus is the general domain alone: a sport world of any seed takes the same
+    (shipped) student as the endo world; the sport teacher still learns from the world's clip corpus."""
+    from leaml.data.sport_world import SportWorldConfig, build_sport_world
+
+    src = BaseModelSource(preset="tiny-qwen2.5-vl")
+    worlds = []
+    for seed in (0, 1):
+        worlds.append(tmp_path / f"sport-{seed}")
+        build_sport_world(SportWorldConfig(seed=seed, n_train=4, n_test=2, n_teacher_pool=2, n_general=4),
+                          str(worlds[-1]), workers=1)
+    students = {cache_key(str(w), "student", src, domain="sport") for w in worlds}
+    assert students == {cache_key("", "student", src)}
+    teachers = {cache_key(str(w), "teacher", src, domain="sport") for w in worlds}
+    assert cache_key("", "teacher", src) not in teachers  # the endo teacher has seen endo, not sport
+
+
 def test_a_new_endo_rendering_retrains_the_teacher_only(monkeypatch):
     """The teacher learns from endo pictures, the student from general ones alone."""
     from leaml.data import synth_endo
