@@ -10,7 +10,7 @@ def test_synth_init_evaluate_write_a_report(tmp_path, capsys):
     world, model, out = tmp_path / "world", tmp_path / "model", tmp_path / "eval"
     assert main(["data", "synth", "--out", str(world), "n_general=20", "n_endo_train=30", "n_endo_test=10",
                  "n_teacher_pool=5"]) == 0
-    assert "prior-only accuracy" in capsys.readouterr().out
+    assert "prior-only (most common train answer per question), test split" in capsys.readouterr().out
     assert main(["model", "init", "--preset", "tiny-qwen2.5-vl", "--data", str(world), "--out", str(model)]) == 0
     assert main(["evaluate", f"data_dir={world}", f"out_dir={out}", f"models=[{{name: base, uri: {model}}}]",
                  "inference.engine=local", "limit=12"]) == 0
@@ -34,6 +34,21 @@ def test_synth_sport_writes_clips_and_prints_the_baselines(tmp_path, capsys):
     assert meta["domain"] == "sport" and meta["sizes"]["train_clips"] == 12 and meta["sizes"]["test_clips"] == 4
     assert set(meta["middle_frame"]["per_category"]) == {"easy", "medium", "hard"}
     assert len(list((out / "media").glob("sport-*.mp4"))) == 12 + 4 + 2
+
+
+def test_synth_builds_the_world_its_domain_names(tmp_path, capsys):
+    """One command for both worlds: ``domain=sport`` picks the sport config (its keys in errors);
+    ``synth-sport`` is the same command and refuses a config that names another world."""
+    out = tmp_path / "sport"
+    assert main(["data", "synth", "--out", str(out), "--workers", "1", "domain=sport", "n_train=4", "n_test=2",
+                 "n_teacher_pool=1", "n_general=4"]) == 0
+    assert "sport world written" in capsys.readouterr().out
+    assert json.loads((out / "world.json").read_text())["sizes"]["train_clips"] == 4
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "domain=sport", "n_endo_train=3"]) == 2
+    assert "n_endo_train: unknown key (allowed here:" in capsys.readouterr().err
+    assert main(["data", "synth-sport", "--out", str(tmp_path / "y"), "domain=endo"]) == 2
+    assert "builds the sport world, got 'endo'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 def test_demo_profiles_name_shipped_configs_of_the_right_world():

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+
+import yaml
 from typing import Annotated, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
@@ -40,6 +42,23 @@ AnyWorld = Annotated[
     Discriminator(_world_domain),
 ]
 """The synthetic world to build: ``domain: endo`` (images, the default) or ``domain: sport`` (video)."""
+
+
+def world_config_class(path: str | None, overrides: list[str], domain: str | None = None) -> type:
+    """The world config class a YAML file plus dotted overrides ask for (by ``domain``), so that a
+    loader validates against the right one and its errors name that world's keys. ``domain``: the
+    world the caller builds; a file or override naming another is an error."""
+    from leaml.config import ConfigError, deep_merge, parse_overrides
+
+    try:
+        data = yaml.safe_load(storage.read_text(path)) if path else {}
+    except yaml.YAMLError:
+        data = {}  # the loader reports it, with its place in the file
+    data = deep_merge(data if isinstance(data, dict) else {}, parse_overrides(overrides))
+    asked = data.get("domain", domain or "endo") if isinstance(data, dict) else "endo"
+    if domain and asked != domain:
+        raise ConfigError(f"{path or '<defaults>'}: domain: this command builds the {domain} world, got {asked!r}")
+    return SportWorldConfig if asked == "sport" else WorldConfig
 
 
 class GeneratorVariants(StrictModel):
