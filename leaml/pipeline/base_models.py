@@ -16,8 +16,9 @@ The endo base models are independent of the world's seed: their corpus has its o
 (:func:`leaml.data.endo_world.build_corpus`), as official checkpoints do not depend on anyone's data.
 The student's corpus is the general domain alone, so the same student serves every domain: the
 sport world uses the shipped general student too (a general VLM facing sports video). The sport
-teacher still pretrains on the general domain and clip corpus of its own dataset directory (keyed
-by its world.json).
+teacher pretrains on a sport corpus of its own (:func:`sport_corpus_config`): the world's media
+settings (frame size, frames, pool sizes, caption noise) drawn with the fixed corpus seed, so a new
+``world.seed`` reuses it too.
 """
 from __future__ import annotations
 
@@ -81,12 +82,36 @@ def fixed_corpus(role: Role, domain: Domain) -> bool:
     return domain == "endo" or role == "student"
 
 
+# The sport corpus's own clips with QA (train.jsonl): only its tokenizer reads them, as the endo
+# corpus's vocab.jsonl (a real tokenizer covers its domain's words); the teacher never trains on QA.
+SPORT_VOCAB_CLIPS = 200
+# World settings that do not shape the corpus's media (the corpus has its own seed and sizes).
+_NOT_MEDIA = ("seed", "n_train", "n_test", "labeled_fraction", "labeled_seed")
+
+
+def sport_corpus_config(data_dir: str):
+    """The sport teacher's corpus: a sport world with the media settings of the one in ``data_dir``
+    (frames, pool sizes, caption noise, ...) and the fixed corpus seed; None when ``data_dir`` holds
+    no synthetic sport world's config (a converted dataset: the teacher learns from it as it is)."""
+    from leaml.data.endo_world import CORPUS_SEED
+    from leaml.data.sport_world import SportWorldConfig
+
+    uri = storage.join(data_dir, "world.json")
+    config = json.loads(storage.read_text(uri)).get("config") if storage.exists(uri) else None
+    if not config or config.get("domain") != "sport":
+        return None
+    media = {k: v for k, v in config.items() if k not in _NOT_MEDIA}
+    return SportWorldConfig(**media, seed=CORPUS_SEED, n_train=min(SPORT_VOCAB_CLIPS, config["n_train"]), n_test=1)
+
+
 def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = "endo") -> str:
     """Everything that determines the base model: recipe, preset, role and corpus. The fixed corpus
-    (:func:`fixed_corpus`): no world field enters; the sport teacher: its world.json without the
-    labeled pick's fields."""
+    (:func:`fixed_corpus`) or the sport corpus (:func:`sport_corpus_config`): no world seed enters;
+    a converted dataset's teacher: its world.json without the labeled pick's fields."""
     if fixed_corpus(role, domain):
         data = {"corpus": corpus_key(src, role)}
+    elif corpus := sport_corpus_config(data_dir):
+        data = {"sport_corpus": corpus.model_dump(mode="json")}
     else:
         world = json.loads(storage.read_text(storage.join(data_dir, "world.json")))
         world.get("config", {}).pop("labeled_seed", None)
@@ -106,6 +131,21 @@ def ensure_corpus(src: BaseModelSource, cache_dir: str) -> str:
     if not storage.exists(storage.join(out, "corpus.json")):
         print(f"[base] building the pretraining corpus in {out}", flush=True)
         build_corpus(out, n_general=src.corpus.n_general, n_teacher_pool=src.corpus.n_teacher_pool)
+    return out
+
+
+def ensure_sport_corpus(data_dir: str, cache_dir: str) -> str:
+    """The sport teacher's corpus directory in the cache (built once), or ``data_dir`` itself."""
+    from leaml.data.world import build
+
+    cfg = sport_corpus_config(data_dir)
+    if cfg is None:
+        return data_dir
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    out = storage.join(cache_dir, "corpus", f"sport-{hashlib.sha256(blob.encode()).hexdigest()[:12]}")
+    if not storage.exists(storage.join(out, "world.json")):
+        print(f"[base] building the sport teacher's corpus in {out}", flush=True)
+        build(cfg, out)
     return out
 
 
@@ -130,7 +170,7 @@ def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir
     if storage.exists(storage.join(out, "leaml_model.json")):
         print(f"[base] {role}: reusing {out}", flush=True)
         return out
-    corpus = ensure_corpus(src, cache_dir) if fixed_corpus(role, domain) else data_dir
+    corpus = ensure_corpus(src, cache_dir) if fixed_corpus(role, domain) else ensure_sport_corpus(data_dir, cache_dir)
     run_recipe(src.preset, role, corpus, out, src.pretrain, log=lambda m: print(m, flush=True))
     return out
 

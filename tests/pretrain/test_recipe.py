@@ -100,21 +100,27 @@ def test_base_model_key_ignores_the_world_seed(tmp_path):
     assert cache_key("", "student", other) not in keys
 
 
-def test_the_general_student_serves_the_sport_world_too(tmp_path):
+def test_sport_base_models_ignore_the_world_seed(tmp_path):
     """The student's corpus is the general domain alone: a sport world of any seed takes the same
-    (shipped) student as the endo world; the sport teacher still learns from the world's clip corpus."""
+    (shipped) student as the endo world. The sport teacher learns from a sport corpus of its own:
+    the world's media settings with the fixed corpus seed, so a new seed reuses it and a new frame
+    size does not."""
     from leaml.data.sport_world import SportWorldConfig, build_sport_world
+    from leaml.pipeline.base_models import sport_corpus_config
 
     src = BaseModelSource(preset="tiny-qwen2.5-vl")
     worlds = []
-    for seed in (0, 1):
-        worlds.append(tmp_path / f"sport-{seed}")
-        build_sport_world(SportWorldConfig(seed=seed, n_train=4, n_test=2, n_teacher_pool=2, n_general=4),
-                          str(worlds[-1]), workers=1)
+    for seed, size in ((0, 64), (1, 64), (0, 96)):
+        worlds.append(tmp_path / f"sport-{seed}-{size}")
+        build_sport_world(SportWorldConfig(seed=seed, n_train=4, n_test=2, n_teacher_pool=2, n_general=4,
+                                           frame_size=size), str(worlds[-1]), workers=1)
     students = {cache_key(str(w), "student", src, domain="sport") for w in worlds}
     assert students == {cache_key("", "student", src)}
-    teachers = {cache_key(str(w), "teacher", src, domain="sport") for w in worlds}
+    teachers = [cache_key(str(w), "teacher", src, domain="sport") for w in worlds]
+    assert teachers[0] == teachers[1] != teachers[2]
     assert cache_key("", "teacher", src) not in teachers  # the endo teacher has seen endo, not sport
+    corpus = sport_corpus_config(str(worlds[1]))
+    assert corpus.seed == CORPUS_SEED and (corpus.n_teacher_pool, corpus.n_general) == (2, 4)
 
 
 def test_a_new_endo_rendering_retrains_the_teacher_only(monkeypatch):
