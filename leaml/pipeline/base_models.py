@@ -14,11 +14,12 @@ tuning), in this order of preference:
 
 The endo base models are independent of the world's seed: their corpus has its own fixed seed
 (:func:`leaml.data.endo_world.build_corpus`), as official checkpoints do not depend on anyone's data.
-The student's corpus is the general domain alone, so the same student serves every domain: the
-sport world uses the shipped general student too (a general VLM facing sports video). The sport
-teacher pretrains on a sport corpus of its own (:func:`sport_corpus_config`): the world's media
-settings (frame size, frames, pool sizes, caption noise) drawn with the fixed corpus seed, so a new
-``world.seed`` reuses it too.
+The sport world's base models pretrain on a sport corpus of their own (:func:`sport_corpus_config`):
+the world's media settings (frame size, frames, pool sizes, caption noise) drawn with the fixed
+corpus seed, so a new ``world.seed`` reuses them too. Its student learns from the corpus's general
+domain alone, as the endo student does; the corpus exists because the tokenizer must know the sport
+words (the endo corpus's tokenizer spells "midfielder" or "intercepted" in pieces, and a tiny model
+then writes them garbled: measured, docs/CALIBRATION.md round 10).
 """
 from __future__ import annotations
 
@@ -77,9 +78,9 @@ def corpus_key(src: BaseModelSource, role: Role = "student") -> str:
 
 
 def fixed_corpus(role: Role, domain: Domain) -> bool:
-    """Whether the role pretrains on the fixed-seed corpus (else on the world's own directory): the
-    endo roles, and the student of every domain (its corpus is the general domain alone)."""
-    return domain == "endo" or role == "student"
+    """Whether the role pretrains on the endo corpus (:func:`ensure_corpus`); else on the sport
+    corpus or the dataset directory (:func:`ensure_sport_corpus`)."""
+    return domain == "endo"
 
 
 # The sport corpus's own clips with QA (train.jsonl): only its tokenizer reads them, as the endo
@@ -90,7 +91,7 @@ _NOT_MEDIA = ("seed", "n_train", "n_test", "labeled_fraction", "labeled_seed")
 
 
 def sport_corpus_config(data_dir: str):
-    """The sport teacher's corpus: a sport world with the media settings of the one in ``data_dir``
+    """The sport base models' corpus: a sport world with the media settings of the one in ``data_dir``
     (frames, pool sizes, caption noise, ...) and the fixed corpus seed; None when ``data_dir`` holds
     no synthetic sport world's config (a converted dataset: the teacher learns from it as it is)."""
     from leaml.data.endo_world import CORPUS_SEED
@@ -107,7 +108,7 @@ def sport_corpus_config(data_dir: str):
 def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = "endo") -> str:
     """Everything that determines the base model: recipe, preset, role and corpus. The fixed corpus
     (:func:`fixed_corpus`) or the sport corpus (:func:`sport_corpus_config`): no world seed enters;
-    a converted dataset's teacher: its world.json without the labeled pick's fields."""
+    a converted dataset: its world.json without the labeled pick's fields."""
     if fixed_corpus(role, domain):
         data = {"corpus": corpus_key(src, role)}
     elif corpus := sport_corpus_config(data_dir):
@@ -135,7 +136,7 @@ def ensure_corpus(src: BaseModelSource, cache_dir: str) -> str:
 
 
 def ensure_sport_corpus(data_dir: str, cache_dir: str) -> str:
-    """The sport teacher's corpus directory in the cache (built once), or ``data_dir`` itself."""
+    """The sport base models' corpus directory in the cache (built once), or ``data_dir`` itself."""
     from leaml.data.world import build
 
     cfg = sport_corpus_config(data_dir)
@@ -144,7 +145,7 @@ def ensure_sport_corpus(data_dir: str, cache_dir: str) -> str:
     blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     out = storage.join(cache_dir, "corpus", f"sport-{hashlib.sha256(blob.encode()).hexdigest()[:12]}")
     if not storage.exists(storage.join(out, "world.json")):
-        print(f"[base] building the sport teacher's corpus in {out}", flush=True)
+        print(f"[base] building the sport base models' corpus in {out}", flush=True)
         build(cfg, out)
     return out
 
@@ -184,8 +185,8 @@ def pretrain_base_models(cfg, roles: list[Role], release: bool = False) -> dict[
 
     domain = cfg.world.domain
     if unfit := [r for r in roles if not fixed_corpus(r, domain)]:
-        raise ValueError(f"shipped base models exist for the endo world and the general student only; the "
-                         f"{domain} world pretrains its {', '.join(unfit)} at run time (world.domain: {domain})")
+        raise ValueError(f"shipped base models exist for the endo world only; the {domain} world pretrains "
+                         f"its {', '.join(unfit)} at run time on a corpus of its own (world.domain: {domain})")
     out = {}
     for role in roles:
         src = getattr(cfg, role).model_copy(update={"use_assets": False})

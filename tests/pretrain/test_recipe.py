@@ -101,12 +101,12 @@ def test_base_model_key_ignores_the_world_seed(tmp_path):
 
 
 def test_sport_base_models_ignore_the_world_seed(tmp_path):
-    """The student's corpus is the general domain alone: a sport world of any seed takes the same
-    (shipped) student as the endo world. The sport teacher learns from a sport corpus of its own:
-    the world's media settings with the fixed corpus seed, so a new seed reuses it and a new frame
-    size does not."""
+    """The sport base models learn from a sport corpus of their own: the world's media settings with
+    the fixed corpus seed, so a new seed reuses them and a new frame size does not; its tokenizer
+    texts hold the sport words (the endo corpus's do not)."""
     from leaml.data.sport_world import SportWorldConfig, build_sport_world
-    from leaml.pipeline.base_models import sport_corpus_config
+    from leaml.models.init import tokenizer_corpus
+    from leaml.pipeline.base_models import ensure_sport_corpus, sport_corpus_config
 
     src = BaseModelSource(preset="tiny-qwen2.5-vl")
     worlds = []
@@ -114,13 +114,16 @@ def test_sport_base_models_ignore_the_world_seed(tmp_path):
         worlds.append(tmp_path / f"sport-{seed}-{size}")
         build_sport_world(SportWorldConfig(seed=seed, n_train=4, n_test=2, n_teacher_pool=2, n_general=4,
                                            frame_size=size), str(worlds[-1]), workers=1)
-    students = {cache_key(str(w), "student", src, domain="sport") for w in worlds}
-    assert students == {cache_key("", "student", src)}
-    teachers = [cache_key(str(w), "teacher", src, domain="sport") for w in worlds]
-    assert teachers[0] == teachers[1] != teachers[2]
-    assert cache_key("", "teacher", src) not in teachers  # the endo teacher has seen endo, not sport
+    for role in ("student", "teacher"):
+        keys = [cache_key(str(w), role, src, domain="sport") for w in worlds]
+        assert keys[0] == keys[1] != keys[2]
+        assert cache_key("", role, src) not in keys  # the endo models have seen endo, not sport
     corpus = sport_corpus_config(str(worlds[1]))
     assert corpus.seed == CORPUS_SEED and (corpus.n_teacher_pool, corpus.n_general) == (2, 4)
+    out = ensure_sport_corpus(str(worlds[1]), str(tmp_path / "cache"))
+    assert ensure_sport_corpus(str(worlds[0]), str(tmp_path / "cache")) == out
+    assert json.loads(open(f"{out}/world.json").read())["seed"] == CORPUS_SEED
+    assert "What is the outcome of the pass?" in "\n".join(tokenizer_corpus(out))
 
 
 def test_a_new_endo_rendering_retrains_the_teacher_only(monkeypatch):
