@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:

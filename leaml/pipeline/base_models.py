@@ -74,13 +74,11 @@ def corpus_key(src: BaseModelSource, role: Role = "student") -> str:
     data = {"corpus": src.corpus.model_dump(), "seed": CORPUS_SEED, "v": 1}
     if role == "teacher":
         data["endo_render"] = RENDER_VERSION
+    return _digest(data)
+
+
+def _digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def fixed_corpus(role: Role, domain: Domain) -> bool:
-    """Whether the role pretrains on the endo corpus (:func:`ensure_corpus`); else on the sport
-    corpus or the dataset directory (:func:`ensure_sport_corpus`)."""
-    return domain == "endo"
 
 
 # The sport corpus's own clips with QA (train.jsonl): only its tokenizer reads them, as the endo
@@ -106,10 +104,10 @@ def sport_corpus_config(data_dir: str):
 
 
 def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = "endo") -> str:
-    """Everything that determines the base model: recipe, preset, role and corpus. The fixed corpus
-    (:func:`fixed_corpus`) or the sport corpus (:func:`sport_corpus_config`): no world seed enters;
-    a converted dataset: its world.json without the labeled pick's fields."""
-    if fixed_corpus(role, domain):
+    """Everything that determines the base model: recipe, preset, role and corpus. The endo corpus
+    or the sport corpus (:func:`sport_corpus_config`): no world seed enters; a converted dataset:
+    its world.json without the labeled pick's fields."""
+    if domain == "endo":
         data = {"corpus": corpus_key(src, role)}
     elif corpus := sport_corpus_config(data_dir):
         data = {"sport_corpus": corpus.model_dump(mode="json")}
@@ -119,9 +117,8 @@ def cache_key(data_dir: str, role: Role, src: BaseModelSource, domain: Domain = 
         for size in ("labeled_qa", "unlabeled_media"):  # these follow the pick too
             world.get("sizes", {}).pop(size, None)
         data = {"world": world}
-    blob = json.dumps({**data, "role": role, "preset": src.preset, "pretrain": src.pretrain.key(),
-                       "recipe": RECIPE_VERSION}, sort_keys=True)
-    return f"{src.preset}-{role}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    blob = {**data, "role": role, "preset": src.preset, "pretrain": src.pretrain.key(), "recipe": RECIPE_VERSION}
+    return f"{src.preset}-{role}-{_digest(blob)}"
 
 
 def ensure_corpus(src: BaseModelSource, cache_dir: str) -> str:
@@ -142,8 +139,7 @@ def ensure_sport_corpus(data_dir: str, cache_dir: str) -> str:
     cfg = sport_corpus_config(data_dir)
     if cfg is None:
         return data_dir
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    out = storage.join(cache_dir, "corpus", f"sport-{hashlib.sha256(blob.encode()).hexdigest()[:12]}")
+    out = storage.join(cache_dir, "corpus", f"sport-{_digest(cfg.model_dump(mode='json'))}")
     if not storage.exists(storage.join(out, "world.json")):
         print(f"[base] building the sport base models' corpus in {out}", flush=True)
         build(cfg, out)
@@ -163,7 +159,7 @@ def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir
     if not src.preset:
         raise ValueError(f"{role}: set either path (a checkpoint) or preset (a tiny model to pretrain)")
     key = cache_key(data_dir, role, src, domain)
-    if src.use_assets and fixed_corpus(role, domain) and (asset := find_asset(key)):
+    if src.use_assets and domain == "endo" and (asset := find_asset(key)):
         print(f"[base] {role}: shipped asset {asset}", flush=True)
         return asset
     cache_dir = cache_dir or default_cache_dir()
@@ -171,7 +167,7 @@ def ensure_base_model(data_dir: str, role: Role, src: BaseModelSource, cache_dir
     if storage.exists(storage.join(out, "leaml_model.json")):
         print(f"[base] {role}: reusing {out}", flush=True)
         return out
-    corpus = ensure_corpus(src, cache_dir) if fixed_corpus(role, domain) else ensure_sport_corpus(data_dir, cache_dir)
+    corpus = ensure_corpus(src, cache_dir) if domain == "endo" else ensure_sport_corpus(data_dir, cache_dir)
     run_recipe(src.preset, role, corpus, out, src.pretrain, log=lambda m: print(m, flush=True))
     return out
 
@@ -183,10 +179,9 @@ def pretrain_base_models(cfg, roles: list[Role], release: bool = False) -> dict[
     from leaml.pretrain.assets import release as release_asset
     from leaml.pretrain.quality import base_quality, summary
 
-    domain = cfg.world.domain
-    if unfit := [r for r in roles if not fixed_corpus(r, domain)]:
-        raise ValueError(f"shipped base models exist for the endo world only; the {domain} world pretrains "
-                         f"its {', '.join(unfit)} at run time on a corpus of its own (world.domain: {domain})")
+    if cfg.world.domain != "endo":
+        raise ValueError("shipped base models exist for the endo world only; the sport world pretrains "
+                         "its own at run time on a corpus of its own (world.domain: sport)")
     out = {}
     for role in roles:
         src = getattr(cfg, role).model_copy(update={"use_assets": False})

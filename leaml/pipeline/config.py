@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
+from typing import Annotated, Literal, Union
 
 import yaml
-from typing import Annotated, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -55,7 +55,7 @@ def world_config_class(path: str | None, overrides: list[str], domain: str | Non
     except yaml.YAMLError:
         data = {}  # the loader reports it, with its place in the file
     data = deep_merge(data if isinstance(data, dict) else {}, parse_overrides(overrides))
-    asked = data.get("domain", domain or "endo") if isinstance(data, dict) else "endo"
+    asked = data.get("domain", domain) or _world_domain(data)
     if domain and asked != domain:
         raise ConfigError(f"{path or '<defaults>'}: domain: this command builds the {domain} world, got {asked!r}")
     return SportWorldConfig if asked == "sport" else WorldConfig

@@ -176,7 +176,7 @@ def run_recipe(preset: str, role: Role, corpus_dir: str, out: str, settings: Pre
 
 
 def _corpus_info(corpus_dir: str) -> dict:
-    # The endo corpus has corpus.json; the sport teacher's corpus is a sport world directory (its
+    # The endo corpus has corpus.json; the sport base models' corpus is a sport world directory (its
     # fixed-seed general domain and clips), described by its world.json, as is a converted dataset.
     for name in ("corpus.json", "world.json"):
         uri = storage.join(corpus_dir, name)
