@@ -16,6 +16,11 @@ a gateway replica that holds no model and calls model replicas through a deploym
 - bad input, a missing key and ``/healthz`` are still answered by the gateway while no model
   replica is up: they never reach, nor wait for, a model.
 
+- with batching on, the gateway collects concurrent requests into one handle call
+  (:class:`~leaml.serve.vqa_deployment.BatchedPredictor` around :meth:`RemotePredictor.predict_many`)
+  and a model replica runs what is queued as one forward pass: Serve's work per handle call is paid
+  once a batch, not once a request.
+
 What it costs: one more process, light (it imports the processor limits, not torch: see
 ``leaml.models``), and decoded frames cross the object store to the model replica. The gateway
 replica itself can still die; it is small and restarts in seconds, but its requests in flight then
@@ -46,17 +51,25 @@ class GatewaySettings(BaseModel):
     Keep it above a replica's restart time (model load + warm-up), or a restart turns into 503s."""
     retry_after_s: int = Field(1, ge=0)
     """``Retry-After`` of a 503: a retry waits in the queue for the replacement replica anyway."""
+    batches_in_flight: int = Field(4, ge=1, le=64)
+    """With batching on: batches one gateway replica has at the model replicas at once. One keeps a
+    single model replica's batches full; more let several model replicas work (a replica merges
+    the batches that queue while it is busy, so extra ones cost a handle call, not a forward pass)."""
 
 
 class GatewayArgs(ServeArgs):
     """``args`` of :func:`build_app` (``serve_configs/vqa.yaml``): the model's
-    :class:`~leaml.serve.vqa_deployment.ServeArgs` plus the gateway's settings."""
+    :class:`~leaml.serve.vqa_deployment.ServeArgs` plus the gateway's settings. With batching on,
+    the gateway collects each batch (``batching.batch_wait_timeout_s``) and the model replicas take
+    what is queued when they are free (no second wait)."""
 
     gateway: GatewaySettings = GatewaySettings()
-    """Model timeout and Retry-After."""
+    """Model timeout, Retry-After and batches in flight."""
 
     def model_args(self) -> dict:
-        return self.model_dump(mode="json", exclude={"gateway"})
+        args = self.model_dump(mode="json", exclude={"gateway"})
+        args["batching"]["batch_wait_timeout_s"] = 0.0  # the gateway waited for company already
+        return args
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -69,7 +82,9 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 
 class RemotePredictor:
     """:class:`~leaml.serve.vqa_app.Predictor` over a handle to :class:`VQAModel` replicas; a
-    replica that dies or does not answer in time is :class:`~leaml.serve.vqa_app.PredictorUnavailable`."""
+    replica that dies or does not answer in time is :class:`~leaml.serve.vqa_app.PredictorUnavailable`.
+    ``predict`` sends one query per handle call; :class:`~leaml.serve.vqa_deployment.BatchedPredictor`
+    around it sends a batch per call (:meth:`predict_many`)."""
 
     def __init__(self, handle, card: ModelCard, settings: GatewaySettings):
         self.handle, self.card, self.settings = handle, card, settings
@@ -80,15 +95,42 @@ class RemotePredictor:
         # up; readiness of the model is the model deployment's, not this process's.
         return True
 
+    async def predict_many(self, queries: list[Query]) -> list[Prediction | Exception]:
+        """One handle call for all ``queries``: each answer or error in its place; a replica that
+        dies or does not answer in time is a ``PredictorUnavailable`` for every query of the call."""
+        s = self.settings
+        try:
+            return await asyncio.wait_for(self.handle.predict_many.remote(list(queries)), s.model_timeout_s)
+        except self._unavailable as e:
+            log.warning("model replica unavailable (%s); answered model_unavailable", type(e).__name__)
+            error = PredictorUnavailable("the model replica serving this request stopped; retry", s.retry_after_s)
+        except TimeoutError:  # asyncio.wait_for cancelled the call: it leaves no work behind
+            error = PredictorUnavailable(f"no model replica answered within {s.model_timeout_s:g} s; retry",
+                                         s.retry_after_s)
+        return [error] * len(queries)
+
+    async def predict(self, query: Query) -> Prediction:
+        (result,) = await self.predict_many([query])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+class WaitBoundedPredictor:
+    """``predictor`` with every request's whole wait (the gateway's batch queue included) bounded by
+    ``model_timeout_s``: batches queued behind a dead replica's must not add their timeouts up."""
+
+    def __init__(self, predictor, settings: GatewaySettings):
+        self.predictor, self.card, self.settings = predictor, predictor.card, settings
+
+    def is_ready(self) -> bool:
+        return self.predictor.is_ready()
+
     async def predict(self, query: Query) -> Prediction:
         s = self.settings
         try:
-            return await asyncio.wait_for(self.handle.predict.remote(query), s.model_timeout_s)
-        except self._unavailable as e:
-            log.warning("model replica unavailable (%s); answered model_unavailable", type(e).__name__)
-            raise PredictorUnavailable("the model replica serving this request stopped; retry",
-                                       s.retry_after_s) from None
-        except TimeoutError:  # asyncio.wait_for cancelled the call: it leaves no work behind
+            return await asyncio.wait_for(self.predictor.predict(query), s.model_timeout_s)
+        except TimeoutError:
             raise PredictorUnavailable(f"no model replica answered within {s.model_timeout_s:g} s; retry",
                                        s.retry_after_s) from None
 
@@ -104,9 +146,15 @@ class VQAGateway:
     async def __serve_build_asgi_app__(self):
         from leaml.serve.metrics import build_metrics
 
+        from leaml.serve.vqa_deployment import BatchedPredictor
+
         card = await self.model.card.remote()  # waits for a model replica, as serve.run does
-        predictor = RemotePredictor(self.model, card, self.args.gateway)
-        return create_app(self.args.service_settings(), predictor, metrics=build_metrics())
+        a, predictor = self.args, RemotePredictor(self.model, card, self.args.gateway)
+        if a.batching.enabled:  # in the replica: serve.batch needs its context
+            predictor = WaitBoundedPredictor(BatchedPredictor(
+                predictor, a.batching.max_batch_size, a.batching.batch_wait_timeout_s,
+                max_concurrent_batches=a.gateway.batches_in_flight), a.gateway)
+        return create_app(a.service_settings(), predictor, metrics=build_metrics())
 
 
 def vqa_application(args: GatewayArgs, model_options: dict | None = None, gateway_options: dict | None = None):

@@ -9,10 +9,10 @@
   query that fails alone while the model still answers its warm-up query is the input's fault:
   ``ModelInputError("model_rejected_input")``, a 422.
 - :class:`BatchedPredictor`: the same interface with ``@serve.batch`` dynamic batching, so
-  concurrent requests on a replica share forward passes. Built inside the replica (``serve.batch``
-  needs a replica context), from the batch size and wait time in the builder's args.
+  concurrent requests share forward passes (and, on the gateway, handle calls). Built inside a
+  replica (``serve.batch`` needs a replica context), from the batch size and wait in the args.
 - :class:`VQAModel` (plain class): one model replica, the predictor behind handle methods
-  (``card``, ``predict``) and Serve's health check. Its HTTP front is
+  (``card``, ``predict_many``) and Serve's health check. Its HTTP front is
   :class:`~leaml.serve.gateway.VQAGateway`, and the one Serve application (the ``import_path``
   of ``serve_configs/vqa.yaml``) is :func:`leaml.serve.gateway.build_app`, which applies the Ray
   decorators, so this module imports and unit-tests without a cluster.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -222,17 +223,28 @@ class VQAPredictor:
 
 
 class BatchedPredictor:
-    """:class:`VQAPredictor` behind ``@serve.batch``; construct inside a Serve replica."""
+    """A predictor's ``predict_many`` behind ``@serve.batch``, as a :class:`~leaml.serve.vqa_app.Predictor`:
+    concurrent ``predict`` calls share one ``predict_many`` call. Construct inside a Serve replica.
 
-    def __init__(self, predictor: VQAPredictor, max_batch_size: int, batch_wait_timeout_s: float):
+    Used twice: on a model replica around :meth:`VQAPredictor.predict_many` (a forward pass, run in
+    a worker thread so the replica's event loop keeps accepting and queueing requests), and on the
+    gateway around :meth:`~leaml.serve.gateway.RemotePredictor.predict_many` (one handle call per
+    batch instead of one per request: on two cores the per-call work of Serve, not the forward
+    pass, bounded the batched service; see docs/PERFORMANCE.md)."""
+
+    def __init__(self, predictor, max_batch_size: int, batch_wait_timeout_s: float, max_concurrent_batches: int = 1):
         from ray import serve
 
         self.predictor, self.card = predictor, predictor.card
+        many = predictor.predict_many
+        if not inspect.iscoroutinefunction(many):
+            def many(queries, _sync=many):
+                return asyncio.to_thread(_sync, queries)
 
-        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                     max_concurrent_batches=max_concurrent_batches)
         async def vqa_batch(queries: list[Query]) -> list[Prediction | Exception]:
-            # In a worker thread: the replica's event loop keeps accepting (and queueing) requests.
-            return await asyncio.to_thread(predictor.predict_many, queries)
+            return await many(queries)
 
         self._batch = vqa_batch
 
@@ -277,9 +289,12 @@ class VQAModel:
     def card(self) -> ModelCard:
         return self.predictor.card
 
-    async def predict(self, query: Query) -> Prediction:
-        """A prediction, or the predictor's ``ModelInputError`` (it crosses the handle intact)."""
-        return await self.answerer.predict(query)
+    async def predict_many(self, queries: list[Query]) -> list[Prediction | Exception]:
+        """The gateway's handle method: queries it sent together, each answered or its error in its
+        place (a ``ModelInputError`` crosses the handle intact). Each goes through the replica's
+        answerer, so batches from several gateway calls that wait while the model is busy merge
+        into its next forward pass."""
+        return await asyncio.gather(*(self.answerer.predict(q) for q in queries), return_exceptions=True)
 
     def check_health(self) -> None:
         """Serve's periodic health check: a replica whose model is gone is restarted."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from PIL import Image
 from fastapi.testclient import TestClient
 
 from leaml.models.limits import ModelInputError
-from leaml.serve.gateway import GATEWAY_NAME, MODEL_NAME, GatewayArgs, GatewaySettings, RemotePredictor, build_app
-from leaml.serve.vqa_app import ModelCard, Prediction, create_app
+from leaml.serve.gateway import (GATEWAY_NAME, MODEL_NAME, GatewayArgs, GatewaySettings, RemotePredictor,
+                                 WaitBoundedPredictor, build_app)
+from leaml.serve.vqa_app import ModelCard, Prediction, PredictorUnavailable, Query, create_app
 from tests.serve.conftest import png_bytes, settings
 from tests.serve.test_vqa_app import ask
 
@@ -18,25 +20,27 @@ CARD = ModelCard(id="m", checkpoint_version="v")
 
 
 class FakeHandle:
-    """``handle.predict.remote(query)`` -> an awaitable that does what ``behaviour`` says."""
+    """``handle.predict_many.remote(queries)`` -> an awaitable that does what ``behaviour`` says;
+    ``calls`` counts the handle calls."""
 
     def __init__(self, behaviour: str):
-        self.behaviour = behaviour
-        self.predict = self
+        self.behaviour, self.calls = behaviour, 0
+        self.predict_many = self
 
-    def remote(self, query):
-        return self._answer(query)
+    def remote(self, queries):
+        self.calls += 1
+        return self._answer(queries)
 
-    async def _answer(self, query):
+    async def _answer(self, queries):
         from ray.exceptions import ActorDiedError
 
         if self.behaviour == "dies":
             raise ActorDiedError()
         if self.behaviour == "hangs":
             await asyncio.sleep(30)
-        if self.behaviour == "refuses":
-            raise ModelInputError("unsupported_aspect_ratio", "a 1x300 frame")
-        return Prediction(answer=query.options[0], scores=[0.7, 0.3])
+        return [ModelInputError("unsupported_aspect_ratio", "a 1x300 frame")
+                if self.behaviour == "refuses" or q.question == "refuse me"
+                else Prediction(answer=q.options[0], scores=[0.7, 0.3], batch_size=len(queries)) for q in queries]
 
 
 def _client(behaviour: str, timeout_s: float = 5.0) -> TestClient:
@@ -60,6 +64,41 @@ def test_the_model_side_answer_and_refusal_cross_the_handle(api_keys_env):
     with _client("refuses") as c:
         resp = ask(c, png_bytes(), options=["yes", "no"])
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "unsupported_aspect_ratio"
+
+
+def test_a_batch_is_one_handle_call_and_each_query_keeps_its_own_outcome():
+    """What the gateway's batcher sends: answers and a refusal cross one call in their places; a
+    replica that dies takes the whole call, each of its queries a retryable PredictorUnavailable."""
+    img = Image.new("RGB", (8, 8))
+    queries = [Query([img], "a", ("yes", "no")), Query([img], "refuse me", ("yes", "no")), Query([img], "b", ("no", "yes"))]
+    handle = FakeHandle("answers")
+    out = asyncio.run(RemotePredictor(handle, CARD, GatewaySettings()).predict_many(queries))
+    assert handle.calls == 1 and [o.answer for o in out[::2]] == ["yes", "no"] and out[0].batch_size == 3
+    assert isinstance(out[1], ModelInputError) and out[1].code == "unsupported_aspect_ratio"
+    dead = asyncio.run(RemotePredictor(FakeHandle("dies"), CARD, GatewaySettings(retry_after_s=3)).predict_many(queries))
+    assert all(isinstance(e, PredictorUnavailable) and e.retry_after_s == 3 for e in dead)
+
+
+def test_a_request_waiting_in_the_gateway_queue_is_bounded_by_the_model_timeout():
+    """Behind a batch that hangs, a request's wait (queue included) still ends at model_timeout_s."""
+    class Stuck:
+        card = CARD
+
+        def is_ready(self):
+            return True
+
+        async def predict(self, query):
+            await asyncio.sleep(30)
+
+    bounded = WaitBoundedPredictor(Stuck(), GatewaySettings(model_timeout_s=0.1, retry_after_s=2))
+    with pytest.raises(PredictorUnavailable, match="within 0.1 s") as e:
+        asyncio.run(bounded.predict(Query([Image.new("RGB", (8, 8))], "q")))
+    assert e.value.retry_after_s == 2
+
+
+def test_behind_the_gateway_the_model_replicas_do_not_wait_for_a_batch_again():
+    args = GatewayArgs.model_validate({"checkpoint": "x", "batching": {"batch_wait_timeout_s": 0.05}})
+    assert args.model_args()["batching"]["batch_wait_timeout_s"] == 0.0 and args.batching.batch_wait_timeout_s == 0.05
 
 
 def test_bad_input_and_missing_keys_never_wait_for_a_model(api_keys_env):
