@@ -98,7 +98,7 @@ def learning_curve(init: str, world: str, train: list[VQAExample], val: list[VQA
         method.optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     items = vqa_items(train, world)
     items = pack_by_media(items, max_turns) if pack else items
-    stream, batcher = BatchStream(items, batch_size, seed=0), MediaBatcher(processor, 8)
+    stream, batcher = BatchStream(items, batch_size, seed=0, shuffle_turns=pack), MediaBatcher(processor, 8)
     rows, seconds, labels = [], 0.0, 0
     for step in range(steps):
         t0 = time.perf_counter()

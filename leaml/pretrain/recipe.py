@@ -210,7 +210,8 @@ def _train_stage(name: str, role: Role, init: str, out: str, corpus_dir: str, st
     cfg = TrainConfig(objective="pretrain", method="full", max_steps=stage.steps, lr=stage.lr,
                       batch_size=stage.batch_size, warmup_steps=min(stage.warmup_steps, stage.steps - 1),
                       seed=settings.seed, weight_decay=0.01, report_every=max(1, stage.steps // 10),
-                      freeze=freeze, pack_by_media=True,
+                      # as_written: the order the shipped assets were pretrained with (recipe v2)
+                      freeze=freeze, pack_by_media=True, turn_order="as_written",
                       scaling=ScalingSettings(torch_threads=settings.torch_threads))
     job = TrainJob(name=f"pretrain-{role}-{name}", init_model=init, out_dir=out,
                    data=pretrain_data(corpus_dir, role), train=cfg)

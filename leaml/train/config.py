@@ -111,6 +111,11 @@ class TrainConfig(StrictModel):
     only), so the item is encoded once per step instead of once per question."""
     max_turns: int = Field(8, ge=1)
     """Most QA pairs packed into one sequence (longer lists are split into several items)."""
+    turn_order: Literal["shuffled", "as_written"] = "shuffled"
+    """Packed sequences: their turns in a new seeded order each epoch, or in the records' order.
+    Evaluation asks one question at a time, as the first turn; in the records' order every sport
+    clip's first turn asks its sport, and a fully supervised student answered "soccer" to 65% of
+    the carrier-role questions (docs/CALIBRATION.md round 11)."""
     lora: LoraSettings = LoraSettings()
     mask: MaskSettings = MaskSettings()
     scaling: ScalingSettings = ScalingSettings()

@@ -99,7 +99,8 @@ def load_items(spec: DataSpec, max_turns: int = 1) -> list[TrainItem]:
 def pack_by_media(items: list[TrainItem], max_turns: int) -> list[TrainItem]:
     """Items about the same media merged into multi-turn items of at most ``max_turns`` pairs, in
     order of first appearance: a step then encodes each image once for all its questions, as VLM
-    instruction tuning does."""
+    instruction tuning does. The turns keep the records' order here; :class:`BatchStream` with
+    ``shuffle_turns`` reorders them per epoch."""
     groups: dict[tuple[str, str], list[TrainItem]] = {}
     for it in items:
         groups.setdefault((it.media_root, it.media.uri), []).append(it)
@@ -136,6 +137,8 @@ class BatchStream:
     seed: int
     rank: int = 0
     world_size: int = 1
+    shuffle_turns: bool = False
+    """Packed items come with their turns in a new seeded order each epoch (see ``turn_order``)."""
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -150,7 +153,14 @@ class BatchStream:
     def _item(self, position: int) -> TrainItem:
         n = len(self.items)
         epoch, offset = divmod(position, n)
-        return self.items[_permutation(n, self.seed, epoch)[offset]]
+        index = _permutation(n, self.seed, epoch)[offset]
+        item = self.items[index]
+        if not (self.shuffle_turns and item.more_turns):
+            return item
+        turns = item.conversation
+        random.Random(f"{self.seed}:{epoch}:{index}").shuffle(turns)
+        (prompt, target), *rest = turns
+        return TrainItem(item.media, prompt, target, item.media_root, tuple(rest))
 
 
 _PERM_CACHE: dict[tuple[int, int, int], list[int]] = {}

@@ -88,8 +88,9 @@ def train_loop_per_worker(job_dict: dict) -> dict:
     method.processor = processor
     train_model = _wrap_ddp(method.model, ctx, method.ddp_kwargs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(method.optimizer, _cosine_with_warmup(cfg))
-    streams = [BatchStream(load_items(s, cfg.max_turns if cfg.pack_by_media else 1), cfg.batch_size, cfg.seed + i, ctx.rank, ctx.world_size)
-               for i, s in enumerate(job.data)]
+    shuffle_turns = cfg.pack_by_media and cfg.turn_order == "shuffled"
+    streams = [BatchStream(load_items(s, cfg.max_turns if cfg.pack_by_media else 1), cfg.batch_size, cfg.seed + i,
+                           ctx.rank, ctx.world_size, shuffle_turns) for i, s in enumerate(job.data)]
     start, metrics = _resume(job, ctx, method, scheduler)
     batcher = MediaBatcher(processor, cfg.num_frames, device)
     progress, meter = _Progress(cfg, ctx, start), _Throughput()

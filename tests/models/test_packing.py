@@ -15,7 +15,7 @@ from leaml.models.builders import ModelSpec, build_model
 from leaml.models.tokenizer import train_tokenizer
 from leaml.prompts import vqa_prompt
 from leaml.records import MediaRef
-from leaml.train.data import TrainItem, pack_by_media
+from leaml.train.data import BatchStream, TrainItem, pack_by_media
 from leaml.train.loop import target_loss
 
 CORPUS = ["What color is it? Choose one of the following options: red|blue| Answer: red blue",
@@ -85,3 +85,25 @@ def test_pack_by_media_groups_in_order_and_caps_turns():
     packed = pack_by_media(items, max_turns=2)
     assert [(it.media.id, it.conversation) for it in packed] == [
         ("a", [("q1", "x"), ("q3", "z")]), ("a", [("q4", "w")]), ("b", [("q2", "y")])]
+
+
+def test_shuffled_turns_move_every_question_to_the_first_turn_and_keep_the_pairs():
+    """Evaluation asks one question at a time, as a first turn: packed in the records' order the
+    first turn is always the same template. Shuffled per epoch (seeded), each pair leads in some
+    epoch, the pairs stay as they were, and a second stream with the same seed draws the same."""
+    a, b = MediaRef(id="a", uri="a.png"), MediaRef(id="b", uri="b.png")
+    pairs = [("q1", "x"), ("q2", "y"), ("q3", "z")]
+    items = pack_by_media([TrainItem(m, q, t) for m in (a, b) for q, t in pairs], max_turns=8)
+
+    def firsts(stream: BatchStream, epochs: int = 12) -> list[str]:
+        out = []
+        for draw in range(epochs):  # batch = the 2 items: one epoch a draw
+            for it in stream.batch_at(draw):
+                assert sorted(it.conversation) == pairs and it.media.id in ("a", "b")
+                out.append(it.prompt)
+        return out
+
+    shuffled = firsts(BatchStream(items, 2, seed=3, shuffle_turns=True))
+    assert set(shuffled) == {"q1", "q2", "q3"}
+    assert shuffled == firsts(BatchStream(items, 2, seed=3, shuffle_turns=True))
+    assert set(firsts(BatchStream(items, 2, seed=3))) == {"q1"}  # as written
