@@ -34,7 +34,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leaml.serve.vqa_app import ModelCard, Prediction, PredictorUnavailable, Query, create_app
+from leaml.serve.vqa_app import ModelCard, Prediction, PredictorUnavailable, Query, answer_or_raise, create_app
 from leaml.serve.vqa_deployment import MODEL_NAME, ServeArgs, VQAModel, log_through_serve
 
 log = logging.getLogger("leaml.serve.vqa")
@@ -105,15 +105,12 @@ class RemotePredictor:
             log.warning("model replica unavailable (%s); answered model_unavailable", type(e).__name__)
             error = PredictorUnavailable("the model replica serving this request stopped; retry", s.retry_after_s)
         except TimeoutError:  # asyncio.wait_for cancelled the call: it leaves no work behind
-            error = PredictorUnavailable(f"no model replica answered within {s.model_timeout_s:g} s; retry",
-                                         s.retry_after_s)
+            error = _timed_out(s)
         return [error] * len(queries)
 
     async def predict(self, query: Query) -> Prediction:
         (result,) = await self.predict_many([query])
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return answer_or_raise(result)
 
 
 class WaitBoundedPredictor:
@@ -131,8 +128,11 @@ class WaitBoundedPredictor:
         try:
             return await asyncio.wait_for(self.predictor.predict(query), s.model_timeout_s)
         except TimeoutError:
-            raise PredictorUnavailable(f"no model replica answered within {s.model_timeout_s:g} s; retry",
-                                       s.retry_after_s) from None
+            raise _timed_out(s) from None
+
+
+def _timed_out(s: GatewaySettings) -> PredictorUnavailable:
+    return PredictorUnavailable(f"no model replica answered within {s.model_timeout_s:g} s; retry", s.retry_after_s)
 
 
 class VQAGateway:
@@ -145,7 +145,6 @@ class VQAGateway:
 
     async def __serve_build_asgi_app__(self):
         from leaml.serve.metrics import build_metrics
-
         from leaml.serve.vqa_deployment import BatchedPredictor
 
         card = await self.model.card.remote()  # waits for a model replica, as serve.run does

@@ -202,6 +202,13 @@ class Prediction:
     batch_size: int = 1  # queries that shared this forward pass (dynamic batching)
 
 
+def answer_or_raise(result: Prediction | Exception) -> Prediction:
+    """One query's outcome from a batch call (``predict_many``): its prediction, or its error raised."""
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 class Predictor(Protocol):
     card: ModelCard
 

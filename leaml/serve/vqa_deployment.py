@@ -31,7 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from leaml.serve.auth import ApiKeySource
-from leaml.serve.vqa_app import ModelCard, Prediction, Query, ServiceLimits, ServiceSettings
+from leaml.serve.vqa_app import ModelCard, Prediction, Query, ServiceLimits, ServiceSettings, answer_or_raise
 
 log = logging.getLogger("leaml.serve.vqa")
 MODEL_NAME = "VQAModel"
@@ -217,9 +217,7 @@ class VQAPredictor:
             self._lock = asyncio.Lock()
         async with self._lock:
             (result,) = await asyncio.to_thread(self.predict_many, [query])
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return answer_or_raise(result)
 
 
 class BatchedPredictor:
@@ -252,10 +250,7 @@ class BatchedPredictor:
         return self.predictor.is_ready()
 
     async def predict(self, query: Query) -> Prediction:
-        result = await self._batch(query)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return answer_or_raise(await self._batch(query))
 
 
 # ---------------------------------------------------------------------------------------------
