@@ -10,9 +10,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from leaml.records import Caption, MediaRef, StreamCounts, VQAExample
-from leaml.streaming import (SERVING_KNOBS, FakeTarget, ItemFailure, LocalTarget, MediaUDF, ModelTarget,
-                             ReplicaSettings, StreamConfig, StreamItem, actor_pool, connect_target, read_errors,
-                             read_shards, run_sharded)
+from leaml.streaming import (MAX_BLOCKS, SERVING_KNOBS, FakeTarget, ItemFailure, LocalTarget, MediaUDF, ModelTarget,
+                             ReplicaSettings, StreamConfig, StreamItem, _num_blocks, actor_pool, connect_target,
+                             read_errors, read_shards, run_sharded)
 
 
 class Sizes:
@@ -181,6 +181,17 @@ def test_actors_wait_on_several_batches_only_when_the_model_is_behind_serve():
         held = actor_pool(cfg, {"target": target})
         assert (held.max_concurrent_calls_per_actor, held.enable_true_multi_threading) == (1, False)
     assert (served.min_size, served.max_size) == (1, 2)
+
+
+@pytest.mark.parametrize("n_rows", [1, 15, 16, 17, 512, 3_200, 3_201, 1_000_000])
+def test_a_ray_stream_cuts_its_rows_into_about_one_batch_per_block(n_rows):
+    # from_items' own default gives a few hundred rows ~200 blocks of 2-3 rows each (see _num_blocks)
+    blocks = _num_blocks(n_rows, 16)
+    assert 1 <= blocks <= MAX_BLOCKS
+    if n_rows <= 16 * MAX_BLOCKS:
+        assert blocks == -(-n_rows // 16)  # one block per batch
+    else:
+        assert n_rows / blocks >= 16  # several batches per block, never 60,000 objects
 
 
 # ---------------------------------------------------------------------------------------------
