@@ -118,3 +118,34 @@ def test_every_entry_point_checks_its_output_path_in_a_job(in_job, monkeypatch, 
 def test_convert_refuses_a_relative_out_in_a_job(in_job, capsys):
     assert cli.main(["data", "convert", "kvasir", "--src", "/nowhere", "--out", "rel/dir"]) == 2
     assert "--out='rel/dir' is relative, and this is a Ray job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address, ray_address, quieted", [
+    ("local", "", True), (None, "", True), (None, "ray://head:10001", False), ("auto", "", False)])
+def test_only_a_ray_this_process_starts_gets_the_state_api_warning_quieted(monkeypatch, address, ray_address, quieted):
+    import ray
+
+    from leaml import jobs
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("RAY_ADDRESS", ray_address) if ray_address else monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    jobs.init_ray(address)
+    hook = seen.get("runtime_env", {}).get("worker_process_setup_hook")
+    assert (hook == "leaml.jobs.quiet_state_api_warnings") is quieted
+    assert ("runtime_env" in seen) is quieted  # a cluster's job keeps its own runtime_env untouched
+
+
+def test_the_setup_hook_silences_the_placement_group_cleaners_warnings():
+    import logging
+
+    from leaml.jobs import quiet_state_api_warnings
+
+    logger = logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner")
+    before = logger.level
+    try:
+        quiet_state_api_warnings()
+        assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+    finally:
+        logger.setLevel(before)
