@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick demo-video base-models test test-slow lint clean
+.PHONY: install demo demo-quick demo-video base-models test test-slow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
