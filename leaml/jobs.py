@@ -59,13 +59,14 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    starts_local = address == "local" or (address is None and not os.environ.get("RAY_ADDRESS"))
+    local = address == "local" or (address is None and not os.environ.get("RAY_ADDRESS"))
     # A local Ray runs without its dashboard (two cores), and so without the State API, which Ray
     # Train's placement-group cleaner asks every second whether the controller lives: a warning a
-    # second in every fit's log (~380 in the demo's fully supervised fit). A cluster keeps its own.
-    quiet = {"runtime_env": {"worker_process_setup_hook": "leaml.jobs.quiet_state_api_warnings"}} if starts_local else {}
+    # second in every fit's log (~380 in the demo's fully supervised fit). A cluster keeps its own
+    # dashboard and its job's runtime_env.
+    quiet = {"runtime_env": {"worker_process_setup_hook": "leaml.jobs.quiet_state_api_warnings"}} if local else {}
     ray.init(address=address, log_to_driver=os.environ.get("LEAML_RAY_LOGS", "1") != "0",
-             include_dashboard=False if address in (None, "local") else None, **quiet)
+             include_dashboard=False if local else None, **quiet)
 
 
 def quiet_state_api_warnings() -> None:

@@ -130,7 +130,9 @@ def test_only_a_ray_this_process_starts_gets_the_state_api_warning_quieted(monke
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    monkeypatch.setenv("RAY_ADDRESS", ray_address) if ray_address else monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray_address:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
     jobs.init_ray(address)
     hook = seen.get("runtime_env", {}).get("worker_process_setup_hook")
     assert (hook == "leaml.jobs.quiet_state_api_warnings") is quieted
