@@ -20,7 +20,7 @@ from leaml.data.synth_common import options_by_template, png_bytes, rng_for, wit
 from leaml.data.world import (
     DomainSpec, WorldSettings, WorldSummary, build, build_general, check_question_range, teacher_pool,
 )
-from leaml.records import MediaRef, VQAExample, save_records
+from leaml.records import Caption, MediaRef, VQAExample, save_records
 
 
 class WorldConfig(WorldSettings):
@@ -91,13 +91,27 @@ CORPUS_SEED = 7_000_001
 reuses the same base models, as official checkpoints do not depend on anyone's dataset."""
 
 
+TEACHER_DESCRIPTIONS = "teacher_descriptions.jsonl"
+
+
+def describe(pool: list[Caption], mention_p: float, wrong_p: float, seed: int) -> list[Caption]:
+    """The teacher pool's pictures described anew, each fact named with ``mention_p``."""
+    return [c.model_copy(update={"text": synth_endo.noisy_caption(c.meta["scene"], rng_for(seed, c.media_id, "description"),
+                                                                    mention_p, wrong_p)}) for c in pool]
+
+
 def build_corpus(out: str, n_general: int = 6000, n_teacher_pool: int = 3000, image_size: int = 64,
                  caption_mention_p: float = 0.7, caption_wrong_p: float = 0.2,
+                 description_mention_p: float | None = None,
                  seed: int = CORPUS_SEED, workers: int | None = None) -> dict:
     """The base models' pretraining corpus under ``out``: ``general/`` (captions, QA), the teacher's
-    noisy endo captions (``teacher_corpus.jsonl``, media ids disjoint from every world's) and
-    ``vocab.jsonl`` (endo QA texts of those images, for the tokenizer only: a real tokenizer's
-    vocabulary covers its domain's words without the model being trained on its QA)."""
+    noisy endo captions (``teacher_corpus.jsonl``, media ids disjoint from every world's: the web's
+    alt-text of the pool, which the tokenizer reads too), ``vocab.jsonl`` (endo QA texts of those
+    images, for the tokenizer only: a real tokenizer's vocabulary covers its domain's words without
+    the model being trained on its QA) and, with ``description_mention_p``,
+    ``teacher_descriptions.jsonl``: fuller descriptions of the same pictures (each fact named with
+    that rate, wrong as often as the alt-text), what an instruction-tuned teacher learned to write.
+    They are a file of their own so the tokenizer, and with it the student, stays as it was."""
     cfg = WorldConfig(seed=seed, image_size=image_size, n_general=n_general, n_teacher_pool=n_teacher_pool,
                       caption_mention_p=caption_mention_p, caption_wrong_p=caption_wrong_p)
     workers = workers or os.cpu_count() or 1
@@ -107,10 +121,13 @@ def build_corpus(out: str, n_general: int = 6000, n_teacher_pool: int = 3000, im
         synth_endo.EndoScene(**c.meta["scene"]), rng_for(seed, c.media_id, "questions"),
         MediaRef(id=c.media_id, uri=c.meta["uri"]), (len(synth_endo.TEMPLATES),) * 2, "train")]
     vocab = with_options(vocab, options_by_template((ex.template, ex.answer) for ex in vocab))
-    for name, records in (("general/captions.jsonl", captions), ("general/qa.jsonl", qa),
-                          ("teacher_corpus.jsonl", teacher), ("vocab.jsonl", vocab)):
+    files = [("general/captions.jsonl", captions), ("general/qa.jsonl", qa),
+             ("teacher_corpus.jsonl", teacher), ("vocab.jsonl", vocab)]
+    if description_mention_p is not None:
+        files.append((TEACHER_DESCRIPTIONS, describe(teacher, description_mention_p, caption_wrong_p, seed)))
+    for name, records in files:
         save_records(storage.join(out, name), records)
-    info = {"seed": seed, "config": cfg.model_dump(mode="json"),
+    info = {"seed": seed, "config": cfg.model_dump(mode="json"), "description_mention_p": description_mention_p,
             "sizes": {"general_images": n_general, "general_qa": len(qa), "teacher_captions": len(teacher)}}
     storage.write_text(storage.join(out, "corpus.json"), json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info

@@ -45,6 +45,12 @@ class CorpusSettings(StrictModel):
     """General-domain images (captions + generic QA); the tower's dense labels come from them."""
     n_teacher_pool: int = Field(3000, ge=0)
     """Endo images captioned noisily: the teacher's "web knowledge" (the student never sees them)."""
+    teacher_description_mention_p: float | None = Field(0.95, ge=0.0, le=1.0)
+    """The teacher learns to write descriptions of its pool that mention each fact this often (wrong
+    20% of the times they do; :func:`leaml.data.endo_world.build_corpus`); None: it learns from the
+    pool's alt-text captions (mention 0.7), where the nested facts (a polyp's size, an instrument)
+    were named in under half, so its greedy captions left them out (recall 0.24 / 0.15,
+    docs/CALIBRATION.md round 13)."""
 
 
 class BaseModelSource(StrictModel):
@@ -71,9 +77,11 @@ def corpus_key(src: BaseModelSource, role: Role = "student") -> str:
     from leaml.data.synth_endo import RENDER_VERSION
     from leaml.data.endo_world import CORPUS_SEED
 
-    data = {"corpus": src.corpus.model_dump(), "seed": CORPUS_SEED, "v": 1}
+    data = {"corpus": src.corpus.model_dump(exclude={"teacher_description_mention_p"}), "seed": CORPUS_SEED, "v": 1}
     if role == "teacher":
         data["endo_render"] = RENDER_VERSION
+        if src.corpus.teacher_description_mention_p is not None:
+            data["description_mention_p"] = src.corpus.teacher_description_mention_p
     return _digest(data)
 
 
@@ -128,7 +136,8 @@ def ensure_corpus(src: BaseModelSource, cache_dir: str) -> str:
     out = storage.join(cache_dir, "corpus", corpus_key(src, "teacher"))
     if not storage.exists(storage.join(out, "corpus.json")):
         print(f"[base] building the pretraining corpus in {out}", flush=True)
-        build_corpus(out, n_general=src.corpus.n_general, n_teacher_pool=src.corpus.n_teacher_pool)
+        build_corpus(out, n_general=src.corpus.n_general, n_teacher_pool=src.corpus.n_teacher_pool,
+                     description_mention_p=src.corpus.teacher_description_mention_p)
     return out
 
 

@@ -73,9 +73,17 @@ def pretrain_data(corpus_dir: str, role: Role) -> list[DataSpec]:
         # The teacher's "web knowledge" of the domain (noisy captions, no QA) is what makes its
         # captions worth distilling: a caption batch every step, the general tasks every other.
         general = [g.model_copy(update={"every": 2}) for g in general]
-        general.append(DataSpec(kind="caption", uri=storage.join(corpus_dir, "teacher_corpus.jsonl"),
-                                media_root=corpus_dir))
+        general.append(DataSpec(kind="caption", uri=teacher_caption_file(corpus_dir), media_root=corpus_dir))
     return general
+
+
+def teacher_caption_file(corpus_dir: str) -> str:
+    """What the teacher learns to write: the corpus's fuller descriptions where it has them, else
+    the pool's alt-text captions (``leaml.data.endo_world.build_corpus``; a sport corpus has the latter)."""
+    from leaml.data.endo_world import TEACHER_DESCRIPTIONS
+
+    uri = storage.join(corpus_dir, TEACHER_DESCRIPTIONS)
+    return uri if storage.exists(uri) else storage.join(corpus_dir, "teacher_corpus.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------

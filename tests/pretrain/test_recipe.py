@@ -135,3 +135,27 @@ def test_a_new_endo_rendering_retrains_the_teacher_only(monkeypatch):
     monkeypatch.setattr(synth_endo, "RENDER_VERSION", synth_endo.RENDER_VERSION + 1)
     assert cache_key("", "student", src) == before["student"]
     assert cache_key("", "teacher", src) != before["teacher"]
+
+
+def test_the_teacher_descriptions_retrain_the_teacher_only(tmp_path):
+    """How fully the teacher learned to describe its pool is the teacher's knowledge: it enters the
+    teacher's key and corpus, and leaves the student's key and tokenizer texts as they were."""
+    from leaml.evaluate.captions import caption_quality
+    from leaml.models.init import tokenizer_corpus
+    from leaml.pipeline.base_models import ensure_corpus
+    from leaml.pretrain.recipe import pretrain_data
+
+    src = BaseModelSource(preset="tiny-qwen2.5-vl", corpus=CorpusSettings(n_general=2, n_teacher_pool=40))
+    alt_text = src.model_copy(update={"corpus": src.corpus.model_copy(update={"teacher_description_mention_p": None})})
+    assert cache_key("", "student", src) == cache_key("", "student", alt_text)
+    assert cache_key("", "teacher", src) != cache_key("", "teacher", alt_text)
+    dirs = [ensure_corpus(s, str(tmp_path)) for s in (src, alt_text)]
+    assert dirs[0] != dirs[1]
+    assert list(tokenizer_corpus(dirs[0])) == list(tokenizer_corpus(dirs[1]))
+    taught = [next(d for d in pretrain_data(c, "teacher") if d.uri.startswith(f"{c}/teacher")).uri for c in dirs]
+    assert taught == [f"{dirs[0]}/teacher_descriptions.jsonl", f"{dirs[1]}/teacher_corpus.jsonl"]
+    described, alt = ([json.loads(line) for line in open(t)] for t in taught)
+    assert [c["media_id"] for c in described] == [c["media_id"] for c in alt]
+    recall = [caption_quality([c["text"] for c in caps], [c["meta"]["scene"] for c in caps]).recall
+              for caps in (described, alt)]
+    assert recall[0] > recall[1] + 0.1  # the same pictures, described more fully
