@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from leaml import storage
     from leaml.config import load_config
+    from leaml.data.dataset_dir import METADATA
     from leaml.jobs import init_ray
     from leaml.pipeline.config import PipelineConfig
     from leaml.pipeline.graph import Run
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_config(PipelineConfig, storage.join(args.run, "config.yaml"), args.overrides)
     run = Run(cfg)
-    meta = next(storage.join(run.data, m) for m in ("dataset.json", "world.json")
+    meta = next(storage.join(run.data, m) for m in (METADATA, "world.json")
                 if storage.exists(storage.join(run.data, m)))
     if "validation" not in json.loads(storage.read_text(meta)):
         raise SystemExit(f"{run.data} is not a carved validation split: this benchmark trains on the "
