@@ -7,6 +7,9 @@ labeled pairs plus one pseudo batch per step at ``pseudo_weight``, from the base
 pseudo set and is evaluated like the run's rows, on its ``test.jsonl``: run this on a validation
 split (``leaml data carve-validation``), never on the real test split. Pseudo sets:
 
+- ``none (labeled only)``: no pseudo pairs: full fine-tuning at this budget (the run's own ``full``
+  row is at the run's budget, which a ``vqa.max_steps=...`` override changes here).
+- ``generator, kept``: the LEAML generator's kept pairs as they are: the run's LEAML row at this budget.
 - ``generator, checkable``: the LEAML generator's kept pairs whose (image, question) the train split
   annotates, its own answers; ``truth, checkable``: the same pairs with the true answers. The two
   differ only in answer accuracy.
@@ -20,8 +23,11 @@ split (``leaml data carve-validation``), never on the real test split. Pseudo se
         "rows=[full,leaml,fully_supervised]"
     .venv/bin/python benchmarks/pseudo_oracle.py --run runs/val
 
-Results go to ``<run>/oracle/`` (one directory per variant; a finished variant is not redone) and
-``<run>/oracle/oracle.jsonl``; the table lists the run's own rows beside them.
+Overrides change the budget: ``vqa.max_steps=400`` trains every variant for 400 steps, and
+``unlabeled_limit=1000`` builds the truth sets on a larger pool (the generator's sets stay those of
+the run's pool). Results go to ``<run>/oracle/<budget>/`` (one directory per variant; a finished
+variant is not redone) and ``<run>/oracle/oracle.jsonl``, each row with its budget; the table lists
+the run's own rows beside them.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import json
 import random
 import time
 
-VARIANTS = ("generator, checkable", "truth, checkable", "truth, generator's count", "truth, all",
+VARIANTS = ("none (labeled only)", "generator, kept", "generator, checkable", "truth, checkable", "truth, generator's count", "truth, all",
             "truth, all, generator's accuracy")
 
 
@@ -61,7 +67,9 @@ def pseudo_sets(kept: list, truth: list, seed: int = 0) -> tuple[dict[str, list]
             return as_pseudo(e)
         return as_pseudo(e, rng.choice([o for o in e.options if o != e.answer]))
 
-    sets = {"generator, checkable": checkable,
+    sets = {"none (labeled only)": [],
+            "generator, kept": kept,
+            "generator, checkable": checkable,
             "truth, checkable": [as_pseudo(by_key[(p.media.id, p.question)]) for p in checkable],
             "truth, generator's count": [as_pseudo(e) for e in rng.sample(truth, min(len(kept), len(truth)))],
             "truth, all": [as_pseudo(e) for e in truth],
@@ -82,9 +90,10 @@ def train_and_score(run, variant: str, pseudo: list, out_root: str) -> dict:
 
     out = storage.join(out_root, slug(variant))
     pseudo_uri = storage.join(out, "pseudo_qa.jsonl")
-    save_records(pseudo_uri, pseudo)
-    data = [DataSpec(kind="vqa", uri=storage.join(run.data, "labeled.jsonl"), media_root=run.data),
-            DataSpec(kind="vqa", uri=pseudo_uri, media_root=run.data, weight=run.cfg.pseudo_weight)]
+    data = [DataSpec(kind="vqa", uri=storage.join(run.data, "labeled.jsonl"), media_root=run.data)]
+    if pseudo:
+        save_records(pseudo_uri, pseudo)
+        data.append(DataSpec(kind="vqa", uri=pseudo_uri, media_root=run.data, weight=run.cfg.pseudo_weight))
     t0 = time.perf_counter()
     run.train(f"oracle-{slug(variant)}", storage.join(out, "model"), run.cfg.vqa, run.model_uri("student"), data)
     row = evaluate_model(load_split(run.data, "test", run.cfg.eval_limit),
@@ -94,7 +103,14 @@ def train_and_score(run, variant: str, pseudo: list, out_root: str) -> dict:
             "accuracy": row.scores.mean_of_categories, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def budget(cfg) -> dict:
+    """What, besides the variant and seed, sets a result: the VQA fit's length and the truth pool."""
+    return {"vqa_steps": cfg.vqa.max_steps, "vqa_batch": cfg.vqa.batch_size, "pool": cfg.unlabeled_limit}
+
+
 def table(rows: list[dict], own: dict[str, float]) -> str:
+    """Each row against full fine-tuning at the same budget (the ``none`` variant) where it was run."""
+    ref = next((r["accuracy"] for r in rows if not r["pairs"]), own["full"])
     head = f"{'pseudo set':<36}{'pairs':>7}{'questions':>11}{'accuracy':>10}{'- full':>8}"
     lines = [head, "-" * len(head)]
     for name, key in (("(run) full fine-tuning, no pseudo", "full"), ("(run) LEAML, its kept pairs", "leaml"),
@@ -103,7 +119,7 @@ def table(rows: list[dict], own: dict[str, float]) -> str:
             lines.append(f"{name:<36}{'':>7}{'':>11}{100 * own[key]:>10.1f}{100 * (own[key] - own['full']):>+8.1f}")
     for r in rows:
         lines.append(f"{r['variant']:<36}{r['pairs']:>7}{r['questions']:>11}{100 * r['accuracy']:>10.1f}"
-                     f"{100 * (r['accuracy'] - own['full']):>+8.1f}")
+                     f"{100 * (r['accuracy'] - ref):>+8.1f}")
     return "\n".join(lines)
 
 
@@ -140,14 +156,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(sets['generator, checkable'])} checkable, {100 * accuracy:.1f}% right", flush=True)
     if cfg.engine == "ray":
         init_ray(cfg.ray_address)
-    out_root, log = run.path("oracle"), run.path("oracle", "oracle.jsonl")
+    key = budget(cfg) | {"seed": args.seed}
+    print(f"budget: {key}", flush=True)
+    out_root = run.path("oracle", "steps{vqa_steps}-batch{vqa_batch}-pool{pool}".format(**key))
+    log = run.path("oracle", "oracle.jsonl")
     done = {}
     if storage.exists(log):
-        done = {r["variant"]: r for r in map(json.loads, storage.read_text(log).splitlines()) if r.get("seed") == args.seed}
+        done = {r["variant"]: r for r in map(json.loads, storage.read_text(log).splitlines())
+                if all(r.get(k) == v for k, v in key.items())}
     rows = []
     for variant in args.variants:
         if variant not in done:
-            done[variant] = train_and_score(run, variant, sets[variant], out_root) | {"seed": args.seed}
+            done[variant] = train_and_score(run, variant, sets[variant], out_root) | key
             lines = storage.read_text(log) if storage.exists(log) else ""
             storage.write_text(log, lines + json.dumps(done[variant]) + "\n")
         rows.append(done[variant])

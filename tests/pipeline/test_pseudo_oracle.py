@@ -28,6 +28,7 @@ def test_checkable_pairs_differ_from_their_truth_only_in_the_answer(bench):
     assert [(p.media.id, p.answer) for p in sets["generator, checkable"]] == [("img0", "yes"), ("img1", "no")]
     assert [(p.media.id, p.question, p.answer) for p in sets["truth, checkable"]] == [
         ("img0", "a?", "yes"), ("img1", "a?", "yes")]
+    assert sets["none (labeled only)"] == [] and sets["generator, kept"] == kept
     assert len(sets["truth, generator's count"]) == len(kept)
     assert len(sets["truth, all"]) == len(truth)
     assert all(p.source == "pseudo" and p.category == "pseudo" and p.template is None for p in sets["truth, all"])
