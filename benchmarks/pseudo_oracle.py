@@ -36,8 +36,8 @@ import json
 import random
 import time
 
-VARIANTS = ("none (labeled only)", "generator, kept", "generator, checkable", "truth, checkable", "truth, generator's count", "truth, all",
-            "truth, all, generator's accuracy")
+VARIANTS = ("none (labeled only)", "generator, kept", "generator, checkable", "truth, checkable",
+            "truth, generator's count", "truth, all", "truth, all, generator's accuracy")
 
 
 def pool_truth(run) -> list:
